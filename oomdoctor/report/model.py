@@ -1,0 +1,138 @@
+"""The report as plain data.
+
+A `Report` is what a session produces and what every renderer (console, JSON, HTML) reads. It
+round-trips through JSON (`to_dict` / `from_dict`) so a saved report renders again unchanged.
+The JSON form is the contract `oomdoctor.report/1` of design.md: add fields, never rename them.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+SCHEMA = "oomdoctor.report/1"
+CATEGORIES = ("parameters", "gradients", "optimizer_state", "activations", "other")
+SEVERITIES = ("error", "warning", "info")
+
+
+def empty_categories() -> dict[str, int]:
+    return {name: 0 for name in CATEGORIES}
+
+
+@dataclass
+class Location:
+    file: str
+    line: int
+    function: str
+    code: str | None = None  # the source line, stripped, for the report
+
+    def __str__(self) -> str:
+        return f"{self.file}:{self.line} in {self.function}"
+
+
+@dataclass
+class Remedy:
+    """One fix, with the memory it saves where that can be computed."""
+
+    title: str
+    saves_bytes: int | None = None
+    detail: str = ""
+    before: str | None = None  # code as the user wrote it
+    after: str | None = None  # the same code fixed
+
+
+@dataclass
+class Finding:
+    kind: str  # stable vocabulary: retained-graph, missing-no-grad, memory-growth, oom, fragmentation, ...
+    severity: str  # error | warning | info
+    title: str
+    detail: str
+    location: Location | None = None
+    bytes: int | None = None  # memory at stake
+    remedy: str = ""
+    remedies: list[Remedy] = field(default_factory=list)  # ranked, largest saving first
+    evidence: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Step:
+    index: int
+    start_bytes: int
+    peak_bytes: int
+    end_bytes: int
+    duration_s: float
+    by_category: dict[str, int] = field(default_factory=empty_categories)  # at the step's peak
+    exact: bool = True  # False when the peak is an estimate (cheap accounting on CPU)
+
+
+@dataclass
+class Device:
+    type: str  # "cuda" | "cpu" | ...
+    name: str
+    capacity_bytes: int | None
+    simulated: bool = False  # capacity comes from --capacity, not from the hardware
+    index: int | None = None
+
+
+@dataclass
+class ExitInfo:
+    code: int = 0
+    exception: str | None = None  # "OutOfMemoryError: CUDA out of memory. ..." when the run raised
+
+
+@dataclass
+class Report:
+    device: Device
+    steps: list[Step] = field(default_factory=list)  # a bounded window: the first and the latest steps
+    steps_total: int = 0
+    peak_bytes: int = 0
+    peak_step: int | None = None
+    peak_by_category: dict[str, int] = field(default_factory=empty_categories)
+    findings: list[Finding] = field(default_factory=list)
+    exit: ExitInfo = field(default_factory=ExitInfo)
+    accounting: str = "ledger"  # cuda-allocator | ledger | hooks: how the bytes were measured
+    command: list[str] | None = None
+    duration_s: float = 0.0
+    aggregates: dict[str, Any] = field(default_factory=dict)  # over all steps, also those out of the window
+    batch: dict[str, Any] | None = None  # a batch-size recommendation, when one was made
+    ranks: list["Report"] | None = None  # merged multi-process report only
+    rank: int | None = None
+    notes: list[str] = field(default_factory=list)  # oomdoctor's own warnings about this run
+    schema: str = SCHEMA
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        if self.ranks is None:
+            data.pop("ranks")
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "Report":
+        if not isinstance(data, dict) or data.get("schema") != SCHEMA:
+            raise ValueError(f"not an oomdoctor report (expected schema {SCHEMA!r})")
+        kw = _known(cls, data)
+        kw["device"] = Device(**_known(Device, data["device"]))
+        kw["steps"] = [Step(**_known(Step, s)) for s in data.get("steps", [])]
+        kw["findings"] = [_finding(f) for f in data.get("findings", [])]
+        kw["exit"] = ExitInfo(**_known(ExitInfo, data.get("exit") or {}))
+        if data.get("ranks") is not None:
+            kw["ranks"] = [cls.from_dict(r) for r in data["ranks"]]
+        return cls(**kw)
+
+    def findings_by_stake(self) -> list[Finding]:
+        """Findings ordered as the report shows them: errors first, then by bytes at stake."""
+        order = {s: i for i, s in enumerate(SEVERITIES)}
+        return sorted(self.findings, key=lambda f: (order.get(f.severity, 9), -(f.bytes or 0)))
+
+
+def _finding(data: dict[str, Any]) -> Finding:
+    kw = _known(Finding, data)
+    if data.get("location"):
+        kw["location"] = Location(**_known(Location, data["location"]))
+    kw["remedies"] = [Remedy(**_known(Remedy, r)) for r in data.get("remedies", [])]
+    return Finding(**kw)
+
+
+def _known(cls: type, data: dict[str, Any]) -> dict[str, Any]:
+    """The entries of `data` that are fields of `cls`: newer reports may carry fields we ignore."""
+    names = {f.name for f in fields(cls)}
+    return {k: v for k, v in data.items() if k in names}
