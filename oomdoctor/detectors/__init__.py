@@ -1,0 +1,28 @@
+"""Detectors: pure functions from a recorded `Timeline` to `Finding`s.
+
+Each detector takes the timeline and returns a list of findings; it never touches torch state,
+so it is tested on hand-built timelines. A detector that fails becomes a note in the report,
+never a crash of the user's run.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+from ..report.model import Finding
+from ..timeline import Timeline
+from . import capacity
+
+Detector = Callable[[Timeline], list[Finding]]
+
+DETECTORS: list[Detector] = [capacity.detect]
+
+
+def run_detectors(timeline: Timeline) -> tuple[list[Finding], list[str]]:
+    findings: list[Finding] = []
+    notes: list[str] = []
+    for detect in DETECTORS:
+        try:
+            findings.extend(detect(timeline))
+        except Exception as exc:
+            notes.append(f"oomdoctor: warning: detector {detect.__module__} failed: {exc!r}")
+    return findings, notes

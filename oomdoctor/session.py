@@ -1,0 +1,606 @@
+"""The one core: a `Session` watches PyTorch memory step by step and produces a `Report`.
+
+The CLI (`oomdoctor run`), the decorator (`watch`), the context manager (`track`) and the
+integrations all drive this class; a session started while another one runs joins it instead
+(`Session.current()`), so a decorated step inside `oomdoctor run` is one step of the run's report.
+
+Step boundaries are found without changes to the user's code:
+- optimizer steps (global step hooks). Several optimizers stepping in one iteration (a GAN) are
+  one step: a step closes when an optimizer that already stepped in it steps again, at the end
+  of that step's last optimizer step;
+- `backward()` calls, while no optimizer has stepped (hand-written updates). They are held back
+  until it is clear no optimizer follows, so gradient accumulation is not split into steps;
+- explicit marks (`begin_step`/`end_step`, the decorator), which then take precedence.
+An optimizer whose `step(closure)` runs forward and backward inside (LBFGS) is one step per call.
+
+Bytes come from the CUDA caching allocator's statistics on CUDA (exact, free) and from the
+tensor ledger (probes/ledger.py) everywhere; the ledger also tells what the bytes are.
+"""
+from __future__ import annotations
+
+import contextlib
+import sys
+import threading
+import time
+import traceback
+import weakref
+from typing import Any, Callable
+
+import torch
+
+from .probes import default_probes
+from .probes.ledger import Ledger, LedgerMode
+from .report.model import CATEGORIES, Device, ExitInfo, Report, Step, empty_categories
+from .timeline import Timeline
+
+# Steps measured exactly with the ledger's dispatch mode on CPU: the first ones (lazily created
+# optimizer state, warm-up) and then one in `sample_every`.
+WARMUP_STEPS = 3
+# Backward-only steps held back before deciding the script updates parameters by hand: larger
+# than any common gradient-accumulation factor.
+PENDING_BACKWARDS = 32
+
+_PHASE_CATEGORY = {"forward": "activations", "backward": "gradients", "optimizer": "optimizer_state"}
+
+
+class StepLimitReached(BaseException):
+    """Raised at a step boundary once `stop_after_steps` steps ran (`oomdoctor run --steps`).
+
+    A BaseException so that the user's `except Exception` blocks let it through.
+    """
+
+
+class _OpenStep:
+    __slots__ = ("index", "start_bytes", "start_time", "peak", "peak_by_category", "exact",
+                 "end_bytes", "end_time", "stepped")
+
+    def __init__(self, index: int, start_bytes: int, start_time: float, exact: bool):
+        self.index = index
+        self.start_bytes = start_bytes
+        self.start_time = start_time
+        self.peak = start_bytes
+        self.peak_by_category: dict[str, int] = empty_categories()
+        self.exact = exact
+        self.end_bytes: int | None = None  # set at each candidate end (optimizer post, backward)
+        self.end_time: float | None = None
+        self.stepped: set[int] = set()  # ids of optimizers that stepped in this step
+
+
+class Session:
+    _active: "Session | None" = None
+
+    def __init__(
+        self,
+        *,
+        device: str | torch.device | None = None,
+        capacity: int | None = None,
+        exact: bool = False,
+        sample_every: int = 16,
+        quiet: bool = False,
+        json: str | None = None,
+        html: str | None = None,
+        stop_after_steps: int | None = None,
+        command: list[str] | None = None,
+    ):
+        self.device = torch.device(device) if device is not None else _default_device()
+        self.capacity = capacity
+        self.simulated = capacity is not None
+        # On CPU the simulated capacity is enforced by the ledger, which must then see every op.
+        self.exact = exact or (capacity is not None and self.device.type != "cuda")
+        self.sample_every = max(1, sample_every)
+        self.quiet = quiet
+        self.json_path = json
+        self.html_path = html
+        self.stop_after_steps = stop_after_steps
+        self.command = command
+        self.timeline = Timeline(device_type=self.device.type, capacity=capacity)
+        self.ledger = Ledger(self.device.type, capacity if self.device.type != "cuda" else None)
+        self.ledger.on_oom = self._on_simulated_oom
+        self.notes: list[str] = []
+        self.probes: list[Any] = default_probes()
+        self._report: Report | None = None
+        self._running = False
+        self._joined = 0  # nested start() calls that joined this session
+        self._handles: list[Any] = []
+        self._undo: list[Callable[[], None]] = []
+        self._mode: LedgerMode | None = None
+        self._phases: list[str] = []
+        self._depth = 0
+        self._modules: "weakref.WeakSet[torch.nn.Module]" = weakref.WeakSet()
+        self._optimizers: "weakref.WeakSet[torch.optim.Optimizer]" = weakref.WeakSet()
+        self._open: _OpenStep | None = None
+        self._pending: list[_OpenStep] = []  # backward-only steps held back
+        self._explicit = False
+        self._optimizer_seen = False
+        self._in_optimizer = 0
+        self._next_index = 0
+        self._started_at = 0.0
+        self._thread = threading.get_ident()
+
+    # -- lifecycle -----------------------------------------------------------------------------
+    @classmethod
+    def current(cls) -> "Session | None":
+        return cls._active
+
+    def start(self) -> "Session":
+        if self._running:
+            return self
+        if Session._active is not None:
+            raise RuntimeError("another oomdoctor session is running; use Session.current() to join it")
+        Session._active = self
+        self._running = True
+        self._started_at = time.perf_counter()
+        try:
+            self._install()
+        except Exception as exc:  # never break the user's program for our own failure
+            self._warn(f"could not install all probes ({exc!r}); the report may be incomplete")
+        self._open_step(time.perf_counter())
+        return self
+
+    def stop(self, exc: BaseException | None = None, exit_code: int | None = None) -> Report:
+        """End the session and build its report (once; later calls return the same report)."""
+        if self._report is not None:
+            return self._report
+        self.stop_after_steps = None  # the last step must not stop the stop
+        if exc is not None:
+            self.record_exception(exc)
+        try:
+            self._finish_steps()
+        except Exception as err:
+            self._warn(f"internal error while closing the last step: {err!r}")
+        self._uninstall()
+        self._running = False
+        if Session._active is self:
+            Session._active = None
+        self._report = self._build_report(exc, exit_code)
+        return self._report
+
+    def report(self) -> Report:
+        """The report: final once the session stopped, a snapshot while it runs."""
+        if self._report is not None:
+            return self._report
+        return self._build_report(None, None)
+
+    def __enter__(self) -> "Session":
+        return self.start()
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        from .output import emit  # late: output imports renderers that import this module
+
+        report = self.stop(exc if exc is not None and not isinstance(exc, StepLimitReached) else None)
+        emit(report, quiet=self.quiet, json_path=self.json_path, html_path=self.html_path)
+
+    # -- explicit steps ------------------------------------------------------------------------
+    def begin_step(self) -> None:
+        """Start a step now (decorator, integrations). Explicit marks take precedence over the
+        boundaries oomdoctor finds by itself; whatever ran before the first one is no step."""
+        self._guard(self._begin_explicit)
+
+    def end_step(self) -> None:
+        """End the step started by `begin_step`."""
+        self._guard(self._end_explicit)
+
+    def step(self) -> None:
+        """Mark the end of a step (call it where an iteration ends); the next one starts here.
+
+        The first call ends the step that began with the session.
+        """
+        self._guard(self._mark_explicit)
+
+    def _begin_explicit(self) -> None:
+        if not self._explicit:
+            self._explicit = True
+            self._pending.clear()
+            if self._open is not None:  # the run before the first marked step is no step
+                self._discard_open()
+        elif self._open is not None:  # begin without end: the previous step ends here
+            self._close_open_now()
+        self._open_step(time.perf_counter())
+
+    def _end_explicit(self) -> None:
+        if self._explicit and self._open is not None:
+            self._close_open_now()
+
+    def _mark_explicit(self) -> None:
+        self._explicit = True
+        self._pending.clear()
+        if self._open is not None:
+            self._close_open_now()
+        self._open_step(time.perf_counter())
+
+    def _close_open_now(self) -> None:
+        self._walk()
+        step, self._open = self._open, None
+        self._fold_peak(step)
+        step.end_bytes, step.end_time = self._current_bytes(), time.perf_counter()
+        self._close(step)
+
+    def _discard_open(self) -> None:
+        """Drop the open step; its peak still counts for the run's peak."""
+        step, self._open = self._open, None
+        self._fold_peak(step)
+        self.timeline.note_peak(step.peak, step.peak_by_category, None)
+
+    # -- hooks ---------------------------------------------------------------------------------
+    def _install(self) -> None:
+        from torch.optim.optimizer import register_optimizer_step_post_hook, register_optimizer_step_pre_hook
+
+        self._handles.append(register_optimizer_step_pre_hook(self._hook(self._on_optimizer_pre)))
+        self._handles.append(register_optimizer_step_post_hook(self._hook(self._on_optimizer_post)))
+        mm = torch.nn.modules.module
+        self._handles.append(mm.register_module_forward_pre_hook(self._hook(self._on_forward_pre)))
+        try:
+            self._handles.append(mm.register_module_forward_hook(self._hook(self._on_forward_post), always_call=True))
+        except TypeError:  # PyTorch < 2.1: no always_call, depth may drift after an exception
+            self._handles.append(mm.register_module_forward_hook(self._hook(self._on_forward_post)))
+
+        original_backward = torch.autograd.backward
+        session = self
+
+        def backward(*args: Any, **kwargs: Any) -> Any:
+            session._phases.append("backward")
+            try:
+                return original_backward(*args, **kwargs)
+            finally:
+                session._phases.pop()
+                session._guard(session._on_backward_end)
+
+        backward.__wrapped__ = original_backward  # type: ignore[attr-defined]
+        torch.autograd.backward = backward
+
+        def restore_backward() -> None:
+            if torch.autograd.backward is backward:
+                torch.autograd.backward = original_backward
+
+        self._undo.append(restore_backward)
+
+        hooks = torch.autograd.graph.saved_tensors_hooks(self._pack, _unpack)
+        hooks.__enter__()
+        self._undo.append(lambda: hooks.__exit__(None, None, None))
+
+        if self.device.type == "cuda" and torch.cuda.is_available():
+            self._install_cuda()
+        for probe in self.probes:
+            probe.start(self)
+            self._undo.append(probe.stop)
+
+    def _install_cuda(self) -> None:
+        index = self.device.index if self.device.index is not None else torch.cuda.current_device()
+        self.device = torch.device("cuda", index)
+        total = torch.cuda.get_device_properties(index).total_memory
+        self.timeline.capacity = self.capacity or total
+        if self.capacity is not None:
+            torch.cuda.set_per_process_memory_fraction(min(1.0, self.capacity / total), index)
+            self._undo.append(lambda: torch.cuda.set_per_process_memory_fraction(1.0, index))
+        torch.cuda.reset_peak_memory_stats(index)
+
+    def _uninstall(self) -> None:
+        self._set_mode(False)
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+        for undo in reversed(self._undo):
+            try:
+                undo()
+            except Exception as exc:
+                self._warn(f"could not remove a hook ({exc!r})")
+        self._undo.clear()
+
+    def _hook(self, fn: Callable[..., Any]) -> Callable[..., Any]:
+        """Wrap a hook so that our own failure is a warning, never the user's exception.
+
+        StepLimitReached is ours on purpose and goes through.
+        """
+
+        def hook(*args: Any, **kwargs: Any) -> Any:
+            if threading.get_ident() != self._thread:
+                return None  # steps belong to the thread that started the session
+            try:
+                return fn(*args, **kwargs)
+            except (StepLimitReached, torch.OutOfMemoryError):
+                raise
+            except Exception as exc:
+                self._warn(f"internal error in {fn.__name__}: {exc!r}")
+                return None
+
+        return hook
+
+    def _guard(self, fn: Callable[[], None]) -> None:
+        self._hook(fn)()
+
+    def _pack(self, tensor: torch.Tensor) -> torch.Tensor:
+        self.ledger.track(tensor, "activations")
+        # Returning the tensor itself would make a reference cycle for tensors an op saves of its
+        # own output (grad_fn -> saved output -> grad_fn), keeping them alive until gc runs.
+        return tensor.detach() if tensor.requires_grad else tensor
+
+    def _on_forward_pre(self, module: torch.nn.Module, args: Any) -> None:
+        if self._depth == 0:
+            self._modules.add(module)
+            self._phases.append("forward")
+            for probe in self.probes:
+                probe.forward_start(self, module)
+        self._depth += 1
+
+    def _on_forward_post(self, module: torch.nn.Module, args: Any, output: Any) -> None:
+        if self._depth == 0:
+            return
+        self._depth -= 1
+        if self._depth == 0:
+            if self._phases and self._phases[-1] == "forward":
+                self._phases.pop()
+            for probe in self.probes:
+                probe.forward_end(self, module, output)
+
+    def _on_optimizer_pre(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+        self._in_optimizer += 1
+        self._phases.append("optimizer")
+        self._optimizers.add(optimizer)
+        if self._explicit or self._in_optimizer > 1:
+            return
+        step = self._open
+        if step is not None and id(optimizer) in step.stepped:
+            # This optimizer already stepped: the iteration ended at the last optimizer step.
+            carried = self._take_peak()  # peak since then belongs to the new step
+            self._open = None
+            self._close(step)
+            self._open_step(step.end_time or time.perf_counter(), start_bytes=step.end_bytes)
+            self._raise_peak(self._open, *carried)
+
+    def _on_optimizer_post(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+        self._in_optimizer = max(0, self._in_optimizer - 1)
+        if self._phases and self._phases[-1] == "optimizer":
+            self._phases.pop()
+        if self._explicit or self._in_optimizer:
+            return
+        if not self._optimizer_seen:
+            self._optimizer_seen = True
+            self._merge_pending()
+        step = self._open
+        if step is None:
+            return
+        self._walk()
+        self._fold_peak(step)
+        step.stepped.add(id(optimizer))
+        step.end_bytes, step.end_time = self._current_bytes(), time.perf_counter()
+
+    def _on_backward_end(self) -> None:
+        if self._explicit or self._optimizer_seen or self._in_optimizer or self._open is None:
+            return
+        self._walk()
+        step = self._open
+        self._fold_peak(step)
+        step.end_bytes, step.end_time = self._current_bytes(), time.perf_counter()
+        self._pending.append(step)
+        self._open = None
+        if len(self._pending) > PENDING_BACKWARDS:  # no optimizer is coming: hand-written updates
+            self._flush_pending()
+        self._open_step(step.end_time, start_bytes=step.end_bytes)
+
+    # -- steps ---------------------------------------------------------------------------------
+    def _open_step(self, now: float, start_bytes: int | None = None) -> None:
+        index = self._next_index
+        self._next_index += 1
+        exact = self.exact or index < WARMUP_STEPS or index % self.sample_every == 0
+        self._set_mode(exact and self.device.type != "cuda")
+        self.ledger.step = index
+        self._take_peak()  # the new step's peak starts now
+        start = self._current_bytes() if start_bytes is None else start_bytes
+        self._open = _OpenStep(index, start, now, exact or self.device.type == "cuda")
+
+    def _merge_pending(self) -> None:
+        """The first optimizer step: backward-only steps before it were micro-batches of step 0."""
+        if not self._pending or self._open is None:
+            return
+        first, step = self._pending[0], self._open
+        for held in self._pending[1:] + [step]:
+            if held.peak > first.peak:
+                first.peak, first.peak_by_category = held.peak, held.peak_by_category
+            first.exact = first.exact and held.exact
+        step.index, step.start_bytes, step.start_time = first.index, first.start_bytes, first.start_time
+        step.peak, step.peak_by_category, step.exact = first.peak, first.peak_by_category, first.exact
+        self._next_index = step.index + 1
+        self._pending.clear()
+
+    def _flush_pending(self) -> None:
+        pending, self._pending = self._pending, []
+        for step in pending:
+            self._close(step)
+
+    def _finish_steps(self) -> None:
+        if self._pending and not self._optimizer_seen:
+            self._flush_pending()  # backward-only steps and no optimizer: hand-written updates
+        step, self._open = self._open, None
+        if step is None:
+            return
+        self._walk()
+        # What ran after the last boundary (evaluation, saving) is no step; its peak counts for
+        # the run's peak only.
+        trailing = self._take_peak()
+        if step.end_bytes is not None and not self._explicit:
+            self._close(step)
+        else:
+            self.timeline.note_peak(step.peak, step.peak_by_category, None)
+        self.timeline.note_peak(*trailing, None)
+
+    def _close(self, step: _OpenStep) -> None:
+        end = step.end_bytes if step.end_bytes is not None else self._current_bytes()
+        end_time = step.end_time if step.end_time is not None else time.perf_counter()
+        record = Step(
+            index=step.index,
+            start_bytes=step.start_bytes,
+            peak_bytes=max(step.peak, step.start_bytes, end),
+            end_bytes=end,
+            duration_s=round(end_time - step.start_time, 6),
+            by_category=dict(step.peak_by_category),
+            exact=step.exact,
+        )
+        self.timeline.add(record)
+        self.timeline.note_peak(record.peak_bytes, record.by_category, record.index)
+        for probe in self.probes:
+            probe.step_end(self, record)
+        if self.stop_after_steps is not None and self.timeline.steps_total >= self.stop_after_steps:
+            raise StepLimitReached(f"stopped after {self.timeline.steps_total} steps")
+
+    # -- memory --------------------------------------------------------------------------------
+    def _set_mode(self, on: bool) -> None:
+        if on and self._mode is None:
+            self._mode = LedgerMode(self.ledger, self._category_now)
+            self._mode.__enter__()
+        elif not on and self._mode is not None:
+            mode, self._mode = self._mode, None
+            try:
+                mode.__exit__(None, None, None)
+            except Exception as exc:  # another mode was pushed above ours and not popped
+                self._warn(f"could not switch the tensor ledger off ({exc!r})")
+
+    def _category_now(self) -> str:
+        return _PHASE_CATEGORY.get(self._phases[-1], "other") if self._phases else "other"
+
+    def _walk(self) -> None:
+        """Count what is known by its role: parameters, gradients, optimizer state.
+
+        Also catches tensors created before the session (a notebook's model) once they are seen.
+        """
+        track = self.ledger.track
+        capacity, self.ledger.capacity = self.ledger.capacity, None  # existing tensors never raise
+        try:
+            for module in list(self._modules):
+                for p in module.parameters():
+                    track(p, "parameters")
+                    if p.grad is not None:
+                        track(p.grad, "gradients")
+                for b in module.buffers():
+                    track(b, "parameters")
+            for optimizer in list(self._optimizers):
+                for group in optimizer.param_groups:
+                    for p in group["params"]:
+                        track(p, "parameters")
+                        if p.grad is not None:
+                            track(p.grad, "gradients")
+                for state in optimizer.state.values():
+                    for value in state.values():
+                        if isinstance(value, torch.Tensor):
+                            track(value, "optimizer_state")
+        finally:
+            self.ledger.capacity = capacity
+
+    def _current_bytes(self) -> int:
+        if self._cuda():
+            return torch.cuda.memory_allocated(self.device)
+        return self.ledger.total
+
+    def _take_peak(self) -> tuple[int, dict[str, int]]:
+        """Peak since the last call and its breakdown, then start a new peak window."""
+        peak, by_category = self.ledger.take_peak()
+        if self._cuda():
+            peak = torch.cuda.max_memory_allocated(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+            by_category = _with_other(by_category, peak)
+        return peak, by_category
+
+    def _fold_peak(self, step: _OpenStep) -> None:
+        self._raise_peak(step, *self._take_peak())
+
+    @staticmethod
+    def _raise_peak(step: _OpenStep | None, peak: int, by_category: dict[str, int]) -> None:
+        if step is not None and peak >= step.peak:
+            step.peak, step.peak_by_category = peak, dict(by_category)
+
+    def _cuda(self) -> bool:
+        return self.device.type == "cuda" and torch.cuda.is_available()
+
+    # -- exceptions and OOM --------------------------------------------------------------------
+    def record_exception(self, exc: BaseException) -> None:
+        """Remember how the run ended, while the failed frames (and their tensors) are alive."""
+        if self.timeline.exception is not None or isinstance(exc, StepLimitReached):
+            return
+        frames = [
+            {"file": f.filename, "line": f.lineno, "function": f.name, "code": f.line}
+            for f in traceback.extract_tb(exc.__traceback__)
+        ]
+        self.timeline.exception = {
+            "type": type(exc).__name__,
+            "message": str(exc).strip().splitlines()[0] if str(exc).strip() else "",
+            "frames": frames,
+            "phase": self._phases[-1] if self._phases else "other",
+            "step": self._open.index if self._open is not None else None,
+            "live_bytes": self._current_bytes(),
+            "by_category": dict(self.ledger.by_category),
+            "largest": [
+                {"bytes": e.nbytes, "category": e.category, "step": e.step,
+                 "site": None if e.site is None else vars(e.site)}
+                for e in self.ledger.largest(5)
+            ],
+        }
+
+    def _on_simulated_oom(self, nbytes: int) -> None:
+        self.timeline.add_event("simulated-oom", bytes=nbytes, live_bytes=self.ledger.total)
+
+    # -- report --------------------------------------------------------------------------------
+    def _build_report(self, exc: BaseException | None, exit_code: int | None) -> Report:
+        from .detectors import run_detectors
+
+        t = self.timeline
+        findings, notes = run_detectors(t)
+        exception = t.exception
+        return Report(
+            device=self._device_info(),
+            steps=t.steps(),
+            steps_total=t.steps_total,
+            peak_bytes=t.peak_bytes,
+            peak_step=t.peak_step,
+            peak_by_category={k: t.peak_by_category.get(k, 0) for k in CATEGORIES},
+            findings=findings,
+            exit=ExitInfo(
+                code=exit_code if exit_code is not None else (1 if exception else 0),
+                exception=f"{exception['type']}: {exception['message']}" if exception else None,
+            ),
+            accounting=self._accounting(),
+            command=self.command,
+            duration_s=round(time.perf_counter() - self._started_at, 3),
+            aggregates={"steps_total": t.steps_total},
+            notes=self.notes + notes,
+        )
+
+    def _accounting(self) -> str:
+        if self._cuda():
+            return "cuda-allocator"
+        return "ledger" if self.exact else "ledger-sampled"
+
+    def _device_info(self) -> Device:
+        if self._cuda():
+            props = torch.cuda.get_device_properties(self.device)
+            capacity = self.capacity or props.total_memory
+            return Device("cuda", props.name, capacity, self.simulated, self.device.index)
+        return Device(self.device.type, _cpu_name(), self.capacity, self.simulated, None)
+
+    def _warn(self, message: str) -> None:
+        line = f"oomdoctor: warning: {message}"
+        if line not in self.notes:
+            self.notes.append(line)
+            print(line, file=sys.stderr)
+
+
+def _unpack(tensor: torch.Tensor) -> torch.Tensor:
+    return tensor
+
+
+def _with_other(by_category: dict[str, int], total: int) -> dict[str, int]:
+    """Known categories from the ledger; what the allocator holds beyond them is `other`."""
+    known = {k: v for k, v in by_category.items() if k != "other"}
+    return {**known, "other": max(0, total - sum(known.values()))}
+
+
+def _default_device() -> torch.device:
+    with contextlib.suppress(Exception):
+        if torch.cuda.is_available():
+            return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+def _cpu_name() -> str:
+    import platform
+
+    return platform.processor() or platform.machine() or "cpu"
+
