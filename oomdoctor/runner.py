@@ -8,11 +8,14 @@ after the script's own output.
 """
 from __future__ import annotations
 
+import builtins
+import importlib.machinery
 import os
 import runpy
 import signal
 import sys
 import traceback
+import types
 from dataclasses import dataclass
 from typing import Callable
 
@@ -87,7 +90,7 @@ def run_target(target: Target, session: Session, emit: Callable[[BaseException |
         if target.module is not None:
             runpy.run_module(target.module, run_name="__main__", alter_sys=True)
         else:
-            runpy.run_path(target.path, run_name="__main__")
+            _run_path(target.path)
     except StepLimitReached:
         code = 0
     except SystemExit as exc:
@@ -106,6 +109,27 @@ def run_target(target: Target, session: Session, emit: Callable[[BaseException |
     if isinstance(error, KeyboardInterrupt):
         _die_of_sigint()
     return code
+
+
+def _run_path(path: str) -> None:
+    """Execute a script in a fresh `__main__` module, as python does.
+
+    Not `runpy.run_path`: it rewrites sys.argv[0], and python keeps it as typed while making
+    `__file__` absolute (3.9+).
+    """
+    filename = os.path.abspath(path)
+    with open(filename, "rb") as f:
+        code = compile(f.read(), filename, "exec")
+    main = types.ModuleType("__main__")
+    main.__dict__.update(__file__=filename, __builtins__=builtins, __cached__=None, __package__=None,
+                         __spec__=None, __loader__=importlib.machinery.SourceFileLoader("__main__", filename))
+    saved = sys.modules.get("__main__")
+    sys.modules["__main__"] = main
+    try:
+        exec(code, main.__dict__)
+    finally:
+        if saved is not None:
+            sys.modules["__main__"] = saved
 
 
 def _exit_code(exc: SystemExit) -> int:

@@ -161,6 +161,13 @@ class Session:
             return self._report
         return self._build_report(None, None)
 
+    def breakdown(self) -> dict[str, int]:
+        """Live bytes now, by category (the ledger's view; on CUDA `other` is what the allocator
+        holds beyond the known categories)."""
+        self._guard(self._walk)
+        by_category = dict(self.ledger.by_category)
+        return _with_other(by_category, self._current_bytes()) if self._cuda() else by_category
+
     def __enter__(self) -> "Session":
         return self.start()
 
@@ -275,7 +282,7 @@ class Session:
         torch.cuda.reset_peak_memory_stats(index)
 
     def _uninstall(self) -> None:
-        self._set_mode(False)
+        self._set_mode(False, force=True)
         for handle in self._handles:
             handle.remove()
         self._handles.clear()
@@ -443,7 +450,11 @@ class Session:
             raise StepLimitReached(f"stopped after {self.timeline.steps_total} steps")
 
     # -- memory --------------------------------------------------------------------------------
-    def _set_mode(self, on: bool) -> None:
+    def _set_mode(self, on: bool, force: bool = False) -> None:
+        # inference_mode restores the thread's whole dispatch key set when it exits: a mode pushed
+        # or popped inside it would leave PyTorch's dispatcher inconsistent. Switch outside only.
+        if not force and torch.is_inference_mode_enabled():
+            return
         if on and self._mode is None:
             self._mode = LedgerMode(self.ledger, self._category_now)
             self._mode.__enter__()

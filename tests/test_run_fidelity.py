@@ -1,0 +1,122 @@
+"""`oomdoctor run script.py` behaves for the script exactly as `python script.py` does."""
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO, run_cli, run_python
+
+PROBE = textwrap.dedent(
+    """
+    import json, os, sys
+    print(json.dumps({
+        "argv": sys.argv,
+        "name": __name__,
+        "path0": sys.path[0],
+        "cwd": os.getcwd(),
+        "file": __file__,
+        "main_is_module": sys.modules["__main__"].__dict__ is globals(),
+    }))
+    """
+)
+
+
+def _script(folder: Path, name: str, body: str) -> Path:
+    path = folder / name
+    path.write_text(textwrap.dedent(body))
+    return path
+
+
+def test_argv_name_path_cwd_and_stdout_match_python(tmp_path: Path):
+    # GIVEN a script that prints what it sees of its environment, in a folder of its own
+    sub = tmp_path / "proj"
+    sub.mkdir()
+    _script(sub, "probe.py", PROBE)
+    # WHEN it runs under python and under oomdoctor, from the same cwd with the same arguments
+    plain = run_python("proj/probe.py", "--lr", "0.1", "pos", cwd=tmp_path)
+    doctor = run_cli("run", "--quiet", "proj/probe.py", "--lr", "0.1", "pos", cwd=tmp_path)
+    # THEN stdout (argv, __name__, sys.path[0], cwd, __main__) and the exit code are identical
+    assert doctor.returncode == plain.returncode == 0
+    assert doctor.stdout == plain.stdout
+    seen = json.loads(doctor.stdout)
+    assert seen["argv"] == ["proj/probe.py", "--lr", "0.1", "pos"]
+    assert seen["name"] == "__main__" and seen["main_is_module"]
+
+
+def test_options_after_the_script_belong_to_the_script(tmp_path: Path):
+    _script(tmp_path, "probe.py", PROBE)
+    doctor = run_cli("run", "--quiet", "probe.py", "--json", "x", "--quiet", cwd=tmp_path)
+    assert json.loads(doctor.stdout)["argv"] == ["probe.py", "--json", "x", "--quiet"]
+
+
+def test_module_mode_matches_python_dash_m(tmp_path: Path):
+    pkg = tmp_path / "pkg"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("")
+    _script(pkg, "probe.py", PROBE)
+    plain = run_python("-m", "pkg.probe", "a", cwd=tmp_path)
+    doctor = run_cli("run", "--quiet", "-m", "pkg.probe", "a", cwd=tmp_path)
+    assert doctor.returncode == plain.returncode == 0
+    assert json.loads(doctor.stdout) == json.loads(plain.stdout)
+
+
+@pytest.mark.parametrize(
+    "body, code",
+    [
+        ("import sys; sys.exit(3)", 3),
+        ("import sys; sys.exit(0)", 0),
+        ("import sys; sys.exit()", 0),
+        ("import sys; sys.exit('fatal: bad config')", 1),
+        ("raise ValueError('broken')", 1),
+        ("print('done')", 0),
+    ],
+)
+def test_exit_codes_match_python(tmp_path: Path, body: str, code: int):
+    _script(tmp_path, "s.py", body)
+    plain = run_python("s.py", cwd=tmp_path)
+    doctor = run_cli("run", "s.py", cwd=tmp_path)
+    assert plain.returncode == doctor.returncode == code
+    assert doctor.stdout == plain.stdout
+
+
+def test_uncaught_exception_prints_python_traceback_and_still_reports(tmp_path: Path):
+    _script(tmp_path, "boom.py", """
+        import torch
+        x = torch.ones(1000)
+        def fail():
+            raise ValueError("broken input")
+        fail()
+    """)
+    plain = run_python("boom.py", cwd=tmp_path)
+    doctor = run_cli("run", "--json", "r.json", "boom.py", cwd=tmp_path)
+    assert doctor.returncode == 1
+    # The traceback is python's, without oomdoctor's or runpy's frames on top.
+    assert plain.stderr.strip() in doctor.stderr
+    assert "runpy" not in doctor.stderr and "oomdoctor/runner.py" not in doctor.stderr
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["exit"] == {"code": 1, "exception": "ValueError: broken input"}
+
+
+def test_ctrl_c_reports_and_dies_of_sigint_like_python(tmp_path: Path):
+    script = _script(tmp_path, "loop.py", """
+        import time, torch
+        print("ready", flush=True)
+        x = torch.zeros(10)
+        while True:
+            time.sleep(0.05)
+    """)
+    proc = subprocess.Popen([sys.executable, "-m", "oomdoctor", "run", "--json", "r.json", str(script)],
+                            cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"})
+    assert proc.stdout.readline().strip() == "ready"
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == -signal.SIGINT  # as `python loop.py` interrupted by Ctrl-C
+    assert "KeyboardInterrupt" in err
+    assert json.loads((tmp_path / "r.json").read_text())["exit"]["exception"].startswith("KeyboardInterrupt")
