@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import sys
 
-import click
+import typer
 
 from ..errors import OomdoctorError
 from ._app import app
@@ -17,20 +17,19 @@ from . import run as _run  # noqa: F401,E402
 from . import report as _report  # noqa: F401,E402
 
 
-# click >= 8.2 raises this for a bare `oomdoctor`; older versions print help themselves.
-_NO_ARGS_IS_HELP = getattr(click.exceptions, "NoArgsIsHelpError", ())
+# Typer >= 0.20 ships its own copy of click, older ones use click: take the classes from Typer.
+_USAGE_ERROR = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "UsageError")
 
 
 def main(argv: list[str] | None = None) -> None:
     try:
         result = app(args=argv, prog_name="oomdoctor", standalone_mode=False)
-    except _NO_ARGS_IS_HELP as exc:  # bare `oomdoctor`: the help text, exit 2 like click does
-        click.echo(exc.ctx.get_help() if exc.ctx else str(exc), err=True)
-        sys.exit(2)
-    except click.exceptions.UsageError as exc:
+    except _USAGE_ERROR as exc:
+        if type(exc).__name__ == "NoArgsIsHelpError":  # bare `oomdoctor`: help was printed
+            sys.exit(2)
         command = exc.ctx.command_path if exc.ctx else "oomdoctor"
         _fail(f"{command}: {exc.format_message()} (see --help)", 2)
-    except click.exceptions.Abort:
+    except typer.Abort:
         _fail("interrupted", 130)
     except OomdoctorError as exc:
         _fail(str(exc), exc.exit_code)
