@@ -30,6 +30,7 @@ import torch
 
 from .probes import default_probes
 from .probes.ledger import Ledger, LedgerMode
+from torch.utils._python_dispatch import _get_current_dispatch_mode
 from .report.model import CATEGORIES, Device, ExitInfo, Report, Step, empty_categories
 from .timeline import Timeline
 
@@ -112,10 +113,15 @@ class Session:
         self._pending: list[_OpenStep] = []  # backward-only steps held back
         self._explicit = False
         self._optimizer_seen = False
+        self._state_sizes: dict[int, int] = {}  # optimizer id -> len(state) at the last walk
+        self._hooks: Any = None  # saved-tensor hooks, on while the ledger sees every op (and on CUDA)
+        self._grad_bytes = 0  # gradients not in the ledger (unsampled steps), at the last walk
+        self._activations = 0  # activations at the peak of the last exact step: the estimate
         self._in_optimizer = 0
         self._next_index = 0
         self._started_at = 0.0
         self._thread = threading.get_ident()
+        self._on_cuda = self.device.type == "cuda" and torch.cuda.is_available()
 
     # -- lifecycle -----------------------------------------------------------------------------
     @classmethod
@@ -235,11 +241,12 @@ class Session:
         self._handles.append(register_optimizer_step_pre_hook(self._hook(self._on_optimizer_pre)))
         self._handles.append(register_optimizer_step_post_hook(self._hook(self._on_optimizer_post)))
         mm = torch.nn.modules.module
-        self._handles.append(mm.register_module_forward_pre_hook(self._hook(self._on_forward_pre)))
+        # Called for every module of every forward: not wrapped, they guard themselves.
+        self._handles.append(mm.register_module_forward_pre_hook(self._on_forward_pre))
         try:
-            self._handles.append(mm.register_module_forward_hook(self._hook(self._on_forward_post), always_call=True))
+            self._handles.append(mm.register_module_forward_hook(self._on_forward_post, always_call=True))
         except TypeError:  # PyTorch < 2.1: no always_call, depth may drift after an exception
-            self._handles.append(mm.register_module_forward_hook(self._hook(self._on_forward_post)))
+            self._handles.append(mm.register_module_forward_hook(self._on_forward_post))
 
         original_backward = torch.autograd.backward
         session = self
@@ -261,12 +268,11 @@ class Session:
 
         self._undo.append(restore_backward)
 
-        hooks = torch.autograd.graph.saved_tensors_hooks(self._pack, _unpack)
-        hooks.__enter__()
-        self._undo.append(lambda: hooks.__exit__(None, None, None))
 
-        if self.device.type == "cuda" and torch.cuda.is_available():
+        if self._on_cuda:
             self._install_cuda()
+            self._push_saved_hooks()  # no per-op ledger on CUDA: activations come from these
+            self._undo.append(lambda: self._pop_saved_hooks(force=True))
         for probe in self.probes:
             probe.start(self)
             self._undo.append(probe.stop)
@@ -319,25 +325,28 @@ class Session:
         self.ledger.track(tensor, "activations")
         # Returning the tensor itself would make a reference cycle for tensors an op saves of its
         # own output (grad_fn -> saved output -> grad_fn), keeping them alive until gc runs.
-        return tensor.detach() if tensor.requires_grad else tensor
+        # Leaves (weights, inputs) have no grad_fn and no such cycle.
+        return tensor.detach() if tensor.grad_fn is not None else tensor
 
     def _on_forward_pre(self, module: torch.nn.Module, args: Any) -> None:
+        if threading.get_ident() != self._thread:
+            return
         if self._depth == 0:
             self._modules.add(module)
             self._phases.append("forward")
             for probe in self.probes:
-                probe.forward_start(self, module)
+                self._hook(probe.forward_start)(self, module)
         self._depth += 1
 
     def _on_forward_post(self, module: torch.nn.Module, args: Any, output: Any) -> None:
-        if self._depth == 0:
+        if self._depth == 0 or threading.get_ident() != self._thread:
             return
         self._depth -= 1
         if self._depth == 0:
             if self._phases and self._phases[-1] == "forward":
                 self._phases.pop()
             for probe in self.probes:
-                probe.forward_end(self, module, output)
+                self._hook(probe.forward_end)(self, module, output)
 
     def _on_optimizer_pre(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
         self._in_optimizer += 1
@@ -451,19 +460,37 @@ class Session:
 
     # -- memory --------------------------------------------------------------------------------
     def _set_mode(self, on: bool, force: bool = False) -> None:
-        # inference_mode restores the thread's whole dispatch key set when it exits: a mode pushed
-        # or popped inside it would leave PyTorch's dispatcher inconsistent. Switch outside only.
+        """Switch the ledger's per-op view (dispatch mode and saved-tensor hooks) on or off.
+
+        Both are per-thread stacks: switch only when ours is on top, never inside
+        inference_mode, which restores the thread's whole dispatch key set when it exits and
+        would leave PyTorch's dispatcher inconsistent.
+        """
         if not force and torch.is_inference_mode_enabled():
             return
         if on and self._mode is None:
             self._mode = LedgerMode(self.ledger, self._category_now)
             self._mode.__enter__()
+            if not self._on_cuda:
+                self._push_saved_hooks()
         elif not on and self._mode is not None:
+            if not force and _get_current_dispatch_mode() is not self._mode:
+                return  # the user pushed a mode of their own above ours: keep both as they are
             mode, self._mode = self._mode, None
-            try:
-                mode.__exit__(None, None, None)
-            except Exception as exc:  # another mode was pushed above ours and not popped
-                self._warn(f"could not switch the tensor ledger off ({exc!r})")
+            mode.__exit__(None, None, None)
+            if not self._on_cuda:
+                self._pop_saved_hooks(force)
+
+    def _push_saved_hooks(self) -> None:
+        if self._hooks is None:
+            self._hooks = torch.autograd.graph.saved_tensors_hooks(self._pack, _unpack)
+            self._hooks.__enter__()
+
+    def _pop_saved_hooks(self, force: bool = False) -> None:
+        top = torch._C._autograd._top_saved_tensors_default_hooks(False)
+        if self._hooks is not None and (force or (top is not None and top[0] == self._pack)):
+            hooks, self._hooks = self._hooks, None
+            hooks.__exit__(None, None, None)
 
     def _category_now(self) -> str:
         return _PHASE_CATEGORY.get(self._phases[-1], "other") if self._phases else "other"
@@ -472,38 +499,64 @@ class Session:
         """Count what is known by its role: parameters, gradients, optimizer state.
 
         Also catches tensors created before the session (a notebook's model) once they are seen.
+        The full walk runs on exact steps, on CUDA and where no optimizer is known. Otherwise only
+        what changes from step to step is read: the gradients' bytes (without a ledger entry
+        each, the cost of which would show on op-heavy steps) and newly created optimizer state.
         """
         track = self.ledger.track
+        full = self._mode is not None or not self._optimizers or self._on_cuda
         capacity, self.ledger.capacity = self.ledger.capacity, None  # existing tensors never raise
+        grad_bytes = 0
         try:
-            for module in list(self._modules):
-                for p in module.parameters():
-                    track(p, "parameters")
-                    if p.grad is not None:
-                        track(p.grad, "gradients")
-                for b in module.buffers():
-                    track(b, "parameters")
-            for optimizer in list(self._optimizers):
-                for group in optimizer.param_groups:
-                    for p in group["params"]:
+            if full:
+                for module in list(self._modules):
+                    for p in module.parameters():
                         track(p, "parameters")
                         if p.grad is not None:
                             track(p.grad, "gradients")
-                for state in optimizer.state.values():
-                    for value in state.values():
-                        if isinstance(value, torch.Tensor):
-                            track(value, "optimizer_state")
+                    for b in module.buffers():
+                        track(b, "parameters")
+            entries = self.ledger.entries
+            for optimizer in list(self._optimizers):
+                for group in optimizer.param_groups:
+                    for p in group["params"]:
+                        if full:
+                            track(p, "parameters")
+                        grad = p.grad
+                        if grad is None:
+                            continue
+                        if full:
+                            track(grad, "gradients")
+                        elif id(grad.untyped_storage()) not in entries:
+                            grad_bytes += grad.untyped_storage().nbytes()
+                state = optimizer.state
+                if full or self._state_sizes.get(id(optimizer)) != len(state):
+                    self._state_sizes[id(optimizer)] = len(state)
+                    for values in state.values():
+                        for value in values.values():
+                            if isinstance(value, torch.Tensor):
+                                track(value, "optimizer_state")
         finally:
             self.ledger.capacity = capacity
+        self._grad_bytes = grad_bytes
 
     def _current_bytes(self) -> int:
         if self._cuda():
             return torch.cuda.memory_allocated(self.device)
-        return self.ledger.total
+        return self.ledger.total + self._grad_bytes
 
     def _take_peak(self) -> tuple[int, dict[str, int]]:
         """Peak since the last call and its breakdown, then start a new peak window."""
         peak, by_category = self.ledger.take_peak()
+        if self._mode is None and not self._on_cuda:
+            # Unsampled step on CPU: the peak is estimated as what is live plus the gradients
+            # read at the boundary plus the activations of the last exact step.
+            by_category = dict(by_category)
+            by_category["gradients"] += self._grad_bytes
+            by_category["activations"] += self._activations
+            peak += self._grad_bytes + self._activations
+        else:
+            self._activations = by_category.get("activations", 0)
         if self._cuda():
             peak = torch.cuda.max_memory_allocated(self.device)
             torch.cuda.reset_peak_memory_stats(self.device)
@@ -519,7 +572,7 @@ class Session:
             step.peak, step.peak_by_category = peak, dict(by_category)
 
     def _cuda(self) -> bool:
-        return self.device.type == "cuda" and torch.cuda.is_available()
+        return self._on_cuda
 
     # -- exceptions and OOM --------------------------------------------------------------------
     def record_exception(self, exc: BaseException) -> None:

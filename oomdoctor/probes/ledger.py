@@ -54,20 +54,28 @@ class Ledger:
 
     def __init__(self, device_type: str = "cpu", capacity: int | None = None):
         self.device_type = device_type
+        # `is_cpu`/`is_cuda` are much cheaper than building a torch.device per tensor.
+        self._on_device: Callable[[torch.Tensor], bool] = {
+            "cpu": lambda t: t.is_cpu, "cuda": lambda t: t.is_cuda,
+        }.get(device_type, lambda t: t.device.type == device_type)
         self.capacity = capacity
         self.entries: dict[int, Entry] = {}  # id(storage) -> entry; ids stay valid while alive
         self.by_category = empty_categories()
         self.total = 0
         self.peak = 0
-        self.peak_by_category = empty_categories()
+        self._peak_by_category = empty_categories()
+        self._at_peak = True  # the breakdown at the peak is copied lazily, when the total falls
         self.step = 0
         self.record_sites = False
         self.on_oom: Callable[[int], None] | None = None  # called before the simulated OOM is raised
 
     # -- feeding -------------------------------------------------------------------------------
     def track(self, tensor: torch.Tensor, category: str) -> None:
-        """Count `tensor`'s storage under `category` (or promote it, if already counted)."""
-        if tensor.device.type != self.device_type:
+        """Count `tensor`'s storage under `category` (or promote it, if already counted).
+
+        On the hot path of every op while the dispatch mode is on: keep it lean.
+        """
+        if not self._on_device(tensor):
             return
         try:
             storage = tensor.untyped_storage()
@@ -91,11 +99,14 @@ class Ledger:
         self.by_category[category] += nbytes
         if self.total > self.peak:
             self.peak = self.total
-            self.peak_by_category = dict(self.by_category)
+            self._at_peak = True
 
     def _make_release(self, key: int, entry: Entry) -> Callable[[weakref.ref], None]:
         def release(_ref: weakref.ref) -> None:
             if self.entries.get(key) is entry:
+                if self._at_peak:  # leaving a peak: remember what it was made of
+                    self._peak_by_category = dict(self.by_category)
+                    self._at_peak = False
                 del self.entries[key]
                 self.total -= entry.nbytes
                 self.by_category[entry.category] -= entry.nbytes
@@ -120,11 +131,15 @@ class Ledger:
         )
 
     # -- reading -------------------------------------------------------------------------------
+    @property
+    def peak_by_category(self) -> dict[str, int]:
+        return dict(self.by_category) if self._at_peak else self._peak_by_category
+
     def take_peak(self) -> tuple[int, dict[str, int]]:
         """Peak since the last call, with its breakdown; the next peak starts from now."""
         result = (self.peak, self.peak_by_category)
         self.peak = self.total
-        self.peak_by_category = dict(self.by_category)
+        self._at_peak = True
         return result
 
     def live(self) -> Iterator[Entry]:
