@@ -115,12 +115,12 @@ def measure(make, steps: int, rounds: int) -> dict[str, list[float]]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=200, help="steps per configuration (mlp; cnn uses a fifth)")
-    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--steps", type=int, default=600, help="steps per configuration (mlp; cnn uses a tenth)")
+    parser.add_argument("--rounds", type=int, default=3, help="sessions per configuration, interleaved")
     parser.add_argument("--only", choices=["mlp", "cnn"])
     args = parser.parse_args()
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
-    loops = {"cnn": (make_cnn, max(10, args.steps // 5)), "mlp": (make_mlp, args.steps)}
+    loops = {"cnn": (make_cnn, max(10, args.steps // 10)), "mlp": (make_mlp, args.steps)}
     for name, (make, steps) in loops.items():
         if args.only and name != args.only:
             continue

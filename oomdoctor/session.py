@@ -35,8 +35,10 @@ from .report.model import CATEGORIES, Device, ExitInfo, Report, Step, empty_cate
 from .timeline import Timeline
 
 # Steps measured exactly with the ledger's dispatch mode on CPU: the first ones (lazily created
-# optimizer state, warm-up) and then one in `sample_every`.
+# optimizer state, warm-up) and then one in `sample_every`. An exact step costs ~3x on op-heavy
+# CPU steps, so one in 32 adds ~6 % on average (benchmarks/overhead.py).
 WARMUP_STEPS = 3
+SAMPLE_EVERY = 32
 # Backward-only steps held back before deciding the script updates parameters by hand: larger
 # than any common gradient-accumulation factor.
 PENDING_BACKWARDS = 32
@@ -76,7 +78,7 @@ class Session:
         device: str | torch.device | None = None,
         capacity: int | None = None,
         exact: bool = False,
-        sample_every: int = 16,
+        sample_every: int = SAMPLE_EVERY,
         quiet: bool = False,
         json: str | None = None,
         html: str | None = None,
