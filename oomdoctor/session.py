@@ -99,6 +99,9 @@ class Session:
         self.timeline = Timeline(device_type=self.device.type, capacity=capacity)
         self.ledger = Ledger(self.device.type, capacity if self.device.type != "cuda" else None)
         self.ledger.on_oom = self._on_simulated_oom
+        # With a simulated capacity every op is watched anyway: also note where each storage was
+        # created, so an OOM post-mortem can name the lines behind the largest live tensors.
+        self.ledger.record_sites = capacity is not None and self.exact
         self.notes: list[str] = []
         self.probes: list[Any] = default_probes()
         self._report: Report | None = None
@@ -336,6 +339,8 @@ class Session:
         if self._depth == 0:
             self._modules.add(module)
             self._phases.append("forward")
+            if args and isinstance(args[0], torch.Tensor) and args[0].dim() > 0:
+                self.timeline.batch_size = int(args[0].shape[0])  # for the batch-size remedy
             for probe in self.probes:
                 self._hook(probe.forward_start)(self, module)
         self._depth += 1
@@ -455,6 +460,13 @@ class Session:
         )
         self.timeline.add(record)
         self.timeline.note_peak(record.peak_bytes, record.by_category, record.index)
+        if step.exact and self.timeline.batch_size:
+            # What the batch costs: the step's peak beyond parameters and optimizer state. Counting
+            # gradients in (backward's temporaries are among them) errs on the safe side.
+            live = self.ledger.by_category
+            fixed = live["parameters"] + live["optimizer_state"]
+            per_sample = max(0, record.peak_bytes - fixed) / self.timeline.batch_size
+            self.timeline.per_sample_bytes = max(self.timeline.per_sample_bytes, per_sample)
         for probe in self.probes:
             probe.step_end(self, record)
         if self.stop_after_steps is not None and self.timeline.steps_total >= self.stop_after_steps:
@@ -589,7 +601,7 @@ class Session:
             "type": type(exc).__name__,
             "message": str(exc).strip().splitlines()[0] if str(exc).strip() else "",
             "frames": frames,
-            "phase": self._phases[-1] if self._phases else "other",
+            "phase": _phase_of(frames) or (self._phases[-1] if self._phases else "other"),
             "step": self._open.index if self._open is not None else None,
             "live_bytes": self._current_bytes(),
             "by_category": dict(self.ledger.by_category),
@@ -598,6 +610,7 @@ class Session:
                  "site": None if e.site is None else vars(e.site)}
                 for e in self.ledger.largest(5)
             ],
+            "allocator": _allocator_stats(self.device) if self._on_cuda else None,
         }
 
     def _on_simulated_oom(self, nbytes: int) -> None:
@@ -646,6 +659,35 @@ class Session:
         if line not in self.notes:
             self.notes.append(line)
             print(line, file=sys.stderr)
+
+
+_TORCH = torch.__file__.rsplit("/", 1)[0]
+
+
+def _phase_of(frames: list[dict[str, Any]]) -> str | None:
+    """Where a failure happened, from its traceback (the phase stack is unwound by then)."""
+    for frame in reversed(frames):
+        name = frame["file"]
+        if not name.startswith(_TORCH):
+            continue
+        if "/optim/" in name:
+            return "optimizer"
+        if "/autograd/" in name and "backward" in frame["function"]:
+            return "backward"
+        if "/nn/modules/" in name:
+            return "forward"
+    return None
+
+
+def _allocator_stats(device: torch.device) -> dict[str, int] | None:
+    """The CUDA allocator's view at the failure: what the fragmentation diagnosis reads."""
+    try:
+        stats = torch.cuda.memory_stats(device)
+    except Exception:
+        return None
+    keys = ("allocated_bytes.all.current", "reserved_bytes.all.current", "inactive_split_bytes.all.current",
+            "num_alloc_retries", "num_ooms", "requested_bytes.all.current")
+    return {k: int(stats.get(k, 0)) for k in keys}
 
 
 def _unpack(tensor: torch.Tensor) -> torch.Tensor:

@@ -10,11 +10,11 @@ from typing import Callable
 
 from ..report.model import Finding
 from ..timeline import Timeline
-from . import capacity
+from . import capacity, oom
 
 Detector = Callable[[Timeline], list[Finding]]
 
-DETECTORS: list[Detector] = [capacity.detect]
+DETECTORS: list[Detector] = [capacity.detect, oom.detect]
 
 
 def run_detectors(timeline: Timeline) -> tuple[list[Finding], list[str]]:
