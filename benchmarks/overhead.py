@@ -1,6 +1,6 @@
 """Step time under oomdoctor vs. plain PyTorch, with PyTorch's own memory tools beside it.
 
-    python benchmarks/overhead.py [--steps 200] [--only mlp|cnn]
+    python benchmarks/overhead.py [--steps 600] [--only mlp|cnn] [--device cuda]
 
 Two loops, each measured in this one process, configurations interleaved in rounds so that
 machine noise hits all of them alike:
@@ -25,20 +25,20 @@ from torch import nn
 import oomdoctor
 
 
-def make_mlp() -> tuple[nn.Module, Callable[[], torch.Tensor]]:
+def make_mlp(device: str) -> tuple[nn.Module, Callable[[], torch.Tensor]]:
     blocks = [nn.Sequential(nn.Linear(128, 128), nn.LayerNorm(128), nn.GELU()) for _ in range(9)]
-    model = nn.Sequential(*blocks, nn.Linear(128, 10))
-    return model, lambda: torch.randn(32, 128)
+    model = nn.Sequential(*blocks, nn.Linear(128, 10)).to(device)
+    return model, lambda: torch.randn(32, 128, device=device)
 
 
-def make_cnn() -> tuple[nn.Module, Callable[[], torch.Tensor]]:
+def make_cnn(device: str) -> tuple[nn.Module, Callable[[], torch.Tensor]]:
     model = nn.Sequential(
         nn.Conv2d(3, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
         nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
         nn.Conv2d(64, 64, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(4),
         nn.Flatten(), nn.Linear(64 * 16, 10),
-    )
-    return model, lambda: torch.randn(32, 3, 64, 64)
+    ).to(device)
+    return model, lambda: torch.randn(32, 3, 64, 64, device=device)
 
 
 @contextlib.contextmanager
@@ -60,7 +60,10 @@ def oomdoctor_exact(model, optimizer) -> Iterator[None]:
 
 @contextlib.contextmanager
 def profiler_memory(model, optimizer) -> Iterator[None]:
-    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], profile_memory=True):
+    activities = [torch.profiler.ProfilerActivity.CPU]
+    if torch.cuda.is_available():
+        activities.append(torch.profiler.ProfilerActivity.CUDA)
+    with torch.profiler.profile(activities=activities, profile_memory=True):
         yield
 
 
@@ -83,20 +86,22 @@ CONFIGS = {
 }
 
 
-def measure(make, steps: int, rounds: int) -> dict[str, list[float]]:
+def measure(make, steps: int, rounds: int, device: str) -> dict[str, list[float]]:
     torch.manual_seed(0)
-    model, batch = make()
+    model, batch = make(device)
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     loss_fn = nn.CrossEntropyLoss()
     times: dict[str, list[float]] = {name: [] for name in CONFIGS}
 
     def step() -> None:
         x = batch()
-        y = torch.randint(0, 10, (x.shape[0],))
+        y = torch.randint(0, 10, (x.shape[0],), device=device)
         loss = loss_fn(model(x), y)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
+        sync()  # time the work, not the launches
 
     for _ in range(5):  # warm up allocator, kernels and optimizer state
         step()
@@ -118,13 +123,15 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=600, help="steps per configuration (mlp; cnn uses a tenth)")
     parser.add_argument("--rounds", type=int, default=3, help="sessions per configuration, interleaved")
     parser.add_argument("--only", choices=["mlp", "cnn"])
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     args = parser.parse_args()
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+    where = torch.cuda.get_device_name() if args.device == "cuda" else f"CPU, {torch.get_num_threads()} threads"
+    print(f"torch {torch.__version__}, {where}")
     loops = {"cnn": (make_cnn, max(10, args.steps // 10)), "mlp": (make_mlp, args.steps)}
     for name, (make, steps) in loops.items():
         if args.only and name != args.only:
             continue
-        times = measure(make, steps, args.rounds)
+        times = measure(make, steps, args.rounds, args.device)
         base_median = statistics.median(times["plain"])
         base_mean = statistics.fmean(times["plain"])
         print(f"\n{name}: {len(times['plain'])} steps per configuration")

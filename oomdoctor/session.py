@@ -84,6 +84,8 @@ class Session:
         html: str | None = None,
         stop_after_steps: int | None = None,
         command: list[str] | None = None,
+        history: bool = True,
+        snapshot: str | None = None,
     ):
         self.device = torch.device(device) if device is not None else _default_device()
         self.capacity = capacity
@@ -96,6 +98,10 @@ class Session:
         self.html_path = html
         self.stop_after_steps = stop_after_steps
         self.command = command
+        # CUDA: record allocations with Python stacks (bounded) and dump a snapshot that
+        # pytorch.org/memory_viz opens when the run dies of OOM, to `snapshot` or next to --json.
+        self.history = history
+        self.snapshot_path = snapshot or _snapshot_next_to(json)
         self.timeline = Timeline(device_type=self.device.type, capacity=capacity)
         self.ledger = Ledger(self.device.type, capacity if self.device.type != "cuda" else None)
         self.ledger.on_oom = self._on_simulated_oom
@@ -291,6 +297,21 @@ class Session:
             torch.cuda.set_per_process_memory_fraction(min(1.0, self.capacity / total), index)
             self._undo.append(lambda: torch.cuda.set_per_process_memory_fraction(1.0, index))
         torch.cuda.reset_peak_memory_stats(index)
+        if self.history:
+            try:
+                torch.cuda.memory._record_memory_history(max_entries=HISTORY_ENTRIES, stacks="python")
+                self._undo.append(lambda: torch.cuda.memory._record_memory_history(enabled=None))
+            except Exception as exc:  # private API: absent or changed in some versions
+                self._warn(f"allocation history not recorded ({exc!r})")
+                self.history = False
+
+    def _dump_snapshot(self) -> str | None:
+        try:
+            torch.cuda.memory._dump_snapshot(self.snapshot_path)
+        except Exception as exc:
+            self._warn(f"memory snapshot not written ({exc!r})")
+            return None
+        return self.snapshot_path
 
     def _uninstall(self) -> None:
         self._set_mode(False, force=True)
@@ -612,6 +633,11 @@ class Session:
             ],
             "allocator": _allocator_stats(self.device) if self._on_cuda else None,
         }
+        if self._on_cuda and self.history and self._running and _is_oom(exc):
+            snapshot = self._dump_snapshot()
+            if snapshot:
+                self.timeline.exception["snapshot"] = snapshot
+                self.notes.append(f"memory snapshot at the OOM: {snapshot} (open it at https://pytorch.org/memory_viz)")
 
     def _on_simulated_oom(self, nbytes: int) -> None:
         self.timeline.add_event("simulated-oom", bytes=nbytes, live_bytes=self.ledger.total)
@@ -662,6 +688,22 @@ class Session:
 
 
 _TORCH = torch.__file__.rsplit("/", 1)[0]
+HISTORY_ENTRIES = 100_000  # allocation events kept by the CUDA allocator's ring buffer
+
+
+def _is_oom(exc: BaseException) -> bool:
+    from .oom import is_oom
+
+    return is_oom(exc)
+
+
+def _snapshot_next_to(json_path: str | None) -> str:
+    import os
+
+    if json_path:
+        root, _ = os.path.splitext(json_path)
+        return root + ".oom-snapshot.pickle"
+    return f"oomdoctor-oom-snapshot-{os.getpid()}.pickle"
 
 
 def _phase_of(frames: list[dict[str, Any]]) -> str | None:

@@ -27,6 +27,9 @@ def run(
         help="Behave as if the device had SIZE bytes (e.g. 2GiB): OOMs happen past it, also on CPU."),
     exact: bool = typer.Option(False, "--exact", help="Watch every op of every step (slower on CPU)."),
     steps: Optional[int] = typer.Option(None, "--steps", min=1, help="Stop the script after this many steps."),
+    history: bool = typer.Option(
+        True, "--history/--no-history",
+        help="CUDA: record allocations with Python stacks and write a memory_viz snapshot on OOM."),
 ) -> int:
     """Run SCRIPT like `python SCRIPT ARGS...` and report its memory, step by step.
 
@@ -49,7 +52,7 @@ def run(
     check_target(target)
 
     session = Session(capacity=size, exact=exact, stop_after_steps=steps, command=target.describe(), json=json,
-                      html=html, quiet=quiet)
+                      html=html, quiet=quiet, history=history)
 
     def finish(error: BaseException | None, code: int) -> None:
         report = session.stop(error, exit_code=code)
