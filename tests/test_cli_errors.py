@@ -87,3 +87,19 @@ def test_python_dash_m_oomdoctor_runs_the_quickstart_recipe():
     assert result.returncode == 0, result.stderr
     assert "mean loss" in result.stdout
     assert "At the peak" in result.stderr
+
+
+def test_fail_on_unknown_kind_is_a_usage_error(tmp_path):
+    (tmp_path / "s.py").write_text("print('ran')\n")
+    line = _one_line_error(run_cli("run", "--fail-on", "retained-graph,leakz", "s.py", cwd=tmp_path))
+    assert "leakz" in line
+
+
+def test_fail_on_turns_a_finding_into_exit_1(tmp_path):
+    # A run that peaks at ~95 % of its (simulated) capacity gets a near-capacity finding.
+    (tmp_path / "s.py").write_text("import torch\nx = torch.empty(950 * 1024, dtype=torch.uint8)\nprint('ran')\n")
+    ok = run_cli("run", "--quiet", "--capacity", "1MiB", "s.py", cwd=tmp_path)
+    assert ok.returncode == 0 and ok.stdout == "ran\n"
+    failing = run_cli("run", "--quiet", "--capacity", "1MiB", "--fail-on", "near-capacity", "s.py", cwd=tmp_path)
+    assert failing.returncode == 1 and failing.stdout == "ran\n"
+    assert "near-capacity (--fail-on)" in failing.stderr

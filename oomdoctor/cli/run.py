@@ -1,13 +1,17 @@
 """`oomdoctor run`: run a script (or `-m module`) under the profiler and report at the end."""
 from __future__ import annotations
 
+import subprocess
+import sys
 from typing import List, Optional
 
 import typer
 
+from ..distributed import current_rank, finish_rank
 from ..errors import BadInput
 from ..output import emit
 from ..report.json import check_writable
+from ..report.model import FINDING_KINDS
 from ..runner import Target, check_target, run_target
 from ..session import Session
 from ..sizes import parse_size
@@ -30,6 +34,11 @@ def run(
     history: bool = typer.Option(
         True, "--history/--no-history",
         help="CUDA: record allocations with Python stacks and write a memory_viz snapshot on OOM."),
+    fail_on: Optional[str] = typer.Option(
+        None, "--fail-on", metavar="KIND[,KIND]",
+        help="Exit 1 when findings of these kinds exist (e.g. retained-graph,memory-growth): guard a loop in CI."),
+    nproc_per_node: Optional[int] = typer.Option(
+        None, "--nproc-per-node", min=1, help="Launch N processes through torch.distributed.run (torchrun)."),
 ) -> int:
     """Run SCRIPT like `python SCRIPT ARGS...` and report its memory, step by step.
 
@@ -50,12 +59,62 @@ def run(
         if path:
             check_writable(path)  # before the run: an hour of training must not lose its report
     check_target(target)
+    kinds = _kinds(fail_on)
+    if nproc_per_node:
+        options = _forwarded(json=json, html=html, quiet=quiet, capacity=capacity, exact=exact, steps=steps,
+                             history=history, fail_on=fail_on)
+        return launch(nproc_per_node, options, target)
 
     session = Session(capacity=size, exact=exact, stop_after_steps=steps, command=target.describe(), json=json,
                       html=html, quiet=quiet, history=history)
 
+    failed: list[str] = []
+
     def finish(error: BaseException | None, code: int) -> None:
         report = session.stop(error, exit_code=code)
+        rank = current_rank()
+        if rank is not None:  # under torchrun: rank 0 reports for all ranks
+            report = finish_rank(report, json, rank)
+            if report is None:
+                return
         emit(report, quiet=quiet, json_path=json, html_path=html)
+        failed.extend(sorted({f.kind for f in report.findings if f.kind in kinds}))
 
-    return run_target(target, session, finish)
+    code = run_target(target, session, finish)
+    if failed and code == 0:
+        print(f"oomdoctor: failing the run: found {', '.join(failed)} (--fail-on)", file=sys.stderr)
+        return 1
+    return code
+
+
+def _kinds(fail_on: str | None) -> set[str]:
+    if not fail_on:
+        return set()
+    kinds = {k.strip() for k in fail_on.split(",") if k.strip()}
+    unknown = kinds - FINDING_KINDS
+    if unknown:
+        raise BadInput(f"--fail-on: unknown finding kind {', '.join(sorted(unknown))}; "
+                       f"known: {', '.join(sorted(FINDING_KINDS))}")
+    return kinds
+
+
+def _forwarded(**options) -> list[str]:
+    """The options of this run, for each rank's `oomdoctor run`."""
+    args: list[str] = []
+    for name, value in options.items():
+        flag = "--" + name.replace("_", "-")
+        if name == "history":
+            args += [] if value else ["--no-history"]
+        elif value is True:
+            args.append(flag)
+        elif value not in (None, False):
+            args += [flag, str(value)]
+    return args
+
+
+def launch(nproc: int, options: list[str], target: Target) -> int:
+    """Run each rank under `oomdoctor run` through torch.distributed.run; its exit code."""
+    head = ["-m", target.module] if target.module is not None else [target.path]
+    command = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={nproc}",
+               "-m", "oomdoctor", "run", *options, *head, *target.args]
+    return subprocess.call(command)

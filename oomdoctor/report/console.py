@@ -67,6 +67,10 @@ def _header(report: Report) -> Panel:
     if d.capacity_bytes:
         lines.append(f" ({report.peak_bytes / d.capacity_bytes:.0%} of capacity)")
     lines.append(f"\nsteps     {report.steps_total}")
+    if report.ranks:
+        heaviest = max(report.ranks, key=lambda r: r.peak_bytes)
+        lines.append(f"\nranks     {len(report.ranks)}, timeline of rank {heaviest.rank} (highest peak): "
+                     + ", ".join(f"rank {r.rank} {format_bytes(r.peak_bytes)}" for r in report.ranks))
     if report.exit.exception:
         lines.append("\nended     ")
         lines.append(report.exit.exception[:300], style="red")

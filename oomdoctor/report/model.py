@@ -12,6 +12,10 @@ from typing import Any
 SCHEMA = "oomdoctor.report/1"
 CATEGORIES = ("parameters", "gradients", "optimizer_state", "activations", "other")
 SEVERITIES = ("error", "warning", "info")
+# The stable vocabulary of finding kinds (design.md, "Contracts"): only ever extended.
+FINDING_KINDS = frozenset({
+    "retained-graph", "missing-no-grad", "memory-growth", "oom", "fragmentation", "near-capacity", "imbalance",
+})
 
 
 def empty_categories() -> dict[str, int]:
