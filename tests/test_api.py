@@ -134,3 +134,12 @@ def test_a_long_run_keeps_a_bounded_window_of_steps():
     assert len(report.steps) <= 256
     assert report.steps[0].index == 0 and report.steps[-1].index == 1999
     assert len(session.timeline.series) <= 512
+
+
+def test_run_and_report_write_the_html_report(tmp_path):
+    (tmp_path / "s.py").write_text("import torch\nm = torch.nn.Linear(8, 8)\nm(torch.ones(2, 8)).sum().backward()\n")
+    assert run_cli("run", "--quiet", "--json", "r.json", "--html", "r.html", "s.py", cwd=tmp_path).returncode == 0
+    page = (tmp_path / "r.html").read_text()
+    assert page.lstrip().lower().startswith("<!doctype html") and "<svg" in page
+    assert run_cli("report", "--quiet", "r.json", "--html", "again.html", cwd=tmp_path).returncode == 0
+    assert "<svg" in (tmp_path / "again.html").read_text()
