@@ -85,12 +85,15 @@ def run_target(target: Target, session: Session, emit: Callable[[BaseException |
         sys.path.insert(0, folder)
     error: BaseException | None = None
     code = 0
+    # The script's globals live on until the report is made, as they do under python until exit:
+    # what the script still holds at its end is part of its memory.
+    kept: list = []
     session.start()
     try:
         if target.module is not None:
-            runpy.run_module(target.module, run_name="__main__", alter_sys=True)
+            kept.append(runpy.run_module(target.module, run_name="__main__", alter_sys=True))
         else:
-            _run_path(target.path)
+            _run_path(target.path, kept)
     except StepLimitReached:
         code = 0
     except SystemExit as exc:
@@ -111,7 +114,7 @@ def run_target(target: Target, session: Session, emit: Callable[[BaseException |
     return code
 
 
-def _run_path(path: str) -> None:
+def _run_path(path: str, kept: list) -> None:
     """Execute a script in a fresh `__main__` module, as python does.
 
     Not `runpy.run_path`: it rewrites sys.argv[0], and python keeps it as typed while making
@@ -125,6 +128,7 @@ def _run_path(path: str) -> None:
                          __spec__=None, __loader__=importlib.machinery.SourceFileLoader("__main__", filename))
     saved = sys.modules.get("__main__")
     sys.modules["__main__"] = main
+    kept.append(main)
     try:
         exec(code, main.__dict__)
     finally:

@@ -29,6 +29,7 @@ from typing import Any, Callable
 import torch
 
 from .probes import default_probes
+from .probes.events import AllocationRecorder
 from .probes.ledger import Ledger, LedgerMode
 from torch.utils._python_dispatch import _get_current_dispatch_mode
 from .report.model import CATEGORIES, Device, ExitInfo, Report, Step, empty_categories
@@ -86,12 +87,16 @@ class Session:
         command: list[str] | None = None,
         history: bool = True,
         snapshot: str | None = None,
+        memory_viz: str | None = None,
     ):
         self.device = torch.device(device) if device is not None else _default_device()
         self.capacity = capacity
         self.simulated = capacity is not None
-        # On CPU the simulated capacity is enforced by the ledger, which must then see every op.
-        self.exact = exact or (capacity is not None and self.device.type != "cuda")
+        # On CPU the simulated capacity is enforced by the ledger, which must then see every op; so
+        # does a memory_viz trace.
+        on_cpu = self.device.type != "cuda"
+        self.exact = exact or on_cpu and (capacity is not None or memory_viz is not None)
+        self.memory_viz = memory_viz
         self.sample_every = max(1, sample_every)
         self.quiet = quiet
         self.json_path = json
@@ -107,7 +112,11 @@ class Session:
         self.ledger.on_oom = self._on_simulated_oom
         # With a simulated capacity every op is watched anyway: also note where each storage was
         # created, so an OOM post-mortem can name the lines behind the largest live tensors.
-        self.ledger.record_sites = capacity is not None and self.exact
+        self.ledger.record_sites = self.exact and on_cpu and (capacity is not None or memory_viz is not None)
+        # A simulated device (or a trace) on CPU: replay allocations through the CUDA allocator
+        # model, to say what a GPU would reserve for the same program.
+        self.recorder = AllocationRecorder(keep_trace=memory_viz is not None) if self.ledger.record_sites else None
+        self.ledger.listener = self.recorder
         self.notes: list[str] = []
         self.probes: list[Any] = default_probes()
         self._report: Report | None = None
@@ -165,6 +174,7 @@ class Session:
             self._finish_steps()
         except Exception as err:
             self._warn(f"internal error while closing the last step: {err!r}")
+        self._write_memory_viz()
         self._uninstall()
         self._running = False
         if Session._active is self:
@@ -304,6 +314,20 @@ class Session:
             except Exception as exc:  # private API: absent or changed in some versions
                 self._warn(f"allocation history not recorded ({exc!r})")
                 self.history = False
+
+    def _write_memory_viz(self) -> None:
+        if not self.memory_viz:
+            return
+        try:
+            if self._on_cuda:
+                torch.cuda.memory._dump_snapshot(self.memory_viz)
+            elif self.recorder is not None:
+                from .memviz import write_snapshot
+
+                write_snapshot(self.recorder, self.memory_viz)
+            self.notes.append(f"memory snapshot: {self.memory_viz} (open it at https://pytorch.org/memory_viz)")
+        except Exception as exc:
+            self._warn(f"memory snapshot not written to {self.memory_viz} ({exc!r})")
 
     def _dump_snapshot(self) -> str | None:
         try:
@@ -664,9 +688,17 @@ class Session:
             accounting=self._accounting(),
             command=self.command,
             duration_s=round(time.perf_counter() - self._started_at, 3),
-            aggregates={"steps_total": t.steps_total},
+            aggregates=self._aggregates(),
             notes=self.notes + notes,
         )
+
+    def _aggregates(self) -> dict[str, Any]:
+        aggregates: dict[str, Any] = {"steps_total": self.timeline.steps_total}
+        if self.recorder is not None:
+            aggregates["predicted_cuda_reserved_peak_bytes"] = self.recorder.predicted_reserved_peak
+        if self.timeline.batch_size:
+            aggregates["batch_size"] = self.timeline.batch_size
+        return aggregates
 
     def _accounting(self) -> str:
         if self._cuda():

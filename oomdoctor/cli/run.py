@@ -34,6 +34,9 @@ def run(
     history: bool = typer.Option(
         True, "--history/--no-history",
         help="CUDA: record allocations with Python stacks and write a memory_viz snapshot on OOM."),
+    memory_viz: Optional[str] = typer.Option(
+        None, "--memory-viz", metavar="PATH",
+        help="Write a memory snapshot for pytorch.org/memory_viz at the end (CPU: watches every op)."),
     fail_on: Optional[str] = typer.Option(
         None, "--fail-on", metavar="KIND[,KIND]",
         help="Exit 1 when findings of these kinds exist (e.g. retained-graph,memory-growth): guard a loop in CI."),
@@ -55,7 +58,7 @@ def run(
     else:
         target = Target(script, None, args)
     size = parse_size(capacity) if capacity is not None else None
-    for path in (json, html):
+    for path in (json, html, memory_viz):
         if path:
             check_writable(path)  # before the run: an hour of training must not lose its report
     check_target(target)
@@ -63,10 +66,12 @@ def run(
     if nproc_per_node:
         options = _forwarded(json=json, html=html, quiet=quiet, capacity=capacity, exact=exact, steps=steps,
                              history=history, fail_on=fail_on)
+        if memory_viz:
+            raise BadInput("--memory-viz is not supported with --nproc-per-node yet; run one rank under torchrun")
         return launch(nproc_per_node, options, target)
 
     session = Session(capacity=size, exact=exact, stop_after_steps=steps, command=target.describe(), json=json,
-                      html=html, quiet=quiet, history=history)
+                      html=html, quiet=quiet, history=history, memory_viz=memory_viz)
 
     failed: list[str] = []
 

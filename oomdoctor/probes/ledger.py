@@ -68,6 +68,8 @@ class Ledger:
         self.step = 0
         self.record_sites = False
         self.on_oom: Callable[[int], None] | None = None  # called before the simulated OOM is raised
+        # Told of every new storage and every release: ("alloc" | "free", key, bytes, site).
+        self.listener: Callable[[str, int, int, Site | None], None] | None = None
 
     # -- feeding -------------------------------------------------------------------------------
     def track(self, tensor: torch.Tensor, category: str) -> None:
@@ -95,6 +97,8 @@ class Ledger:
         entry = Entry(nbytes, category, self.step, _user_site() if self.record_sites else None)
         entry.ref = weakref.ref(storage, self._make_release(key, entry))
         self.entries[key] = entry
+        if self.listener is not None:
+            self.listener("alloc", key, nbytes, entry.site)
         self.total += nbytes
         self.by_category[category] += nbytes
         if self.total > self.peak:
@@ -108,6 +112,8 @@ class Ledger:
                     self._peak_by_category = dict(self.by_category)
                     self._at_peak = False
                 del self.entries[key]
+                if self.listener is not None:
+                    self.listener("free", key, entry.nbytes, None)
                 self.total -= entry.nbytes
                 self.by_category[entry.category] -= entry.nbytes
 
