@@ -16,6 +16,7 @@ from ._app import app
 from . import run as _run  # noqa: F401,E402
 from . import report as _report  # noqa: F401,E402
 from . import explain as _explain  # noqa: F401,E402
+from . import gpus as _gpus  # noqa: F401,E402
 
 
 # Typer >= 0.20 ships its own copy of click, older ones use click: take the classes from Typer.
