@@ -81,7 +81,7 @@ def real_cpu_oom() -> str:
 
 def real_simulated_oom() -> str:
     try:
-        with oomdoctor.track(capacity="1MiB", quiet=True):
+        with oomdoctor.track(capacity="1MiB", device="cpu", quiet=True):  # CPU even where CUDA is present
             keep = torch.ones(100_000)  # noqa: F841  (live while the next one is asked for)
             torch.ones(300_000)
     except torch.OutOfMemoryError as exc:
