@@ -55,7 +55,9 @@ class ReportView:
         self.report = report
 
     def _repr_mimebundle_(self, include: Any = None, exclude: Any = None, **kwargs: Any) -> dict[str, str]:
-        console = Console(file=io.StringIO(), record=True, width=WIDTH, color_system="truecolor", highlight=False)
+        # force_jupyter=False: inside a kernel rich would otherwise display it a second time itself.
+        console = Console(file=io.StringIO(), record=True, width=WIDTH, color_system="truecolor",
+                          highlight=False, force_jupyter=False)
         console.print(render(self.report))
         return {
             "text/plain": console.export_text(clear=False),
