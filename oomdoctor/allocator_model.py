@@ -266,7 +266,8 @@ class AllocatorModel:
     def _pages_to_map(self, start: _Block, size: int) -> int:
         need, have, block = 0, 0, start
         while have < size:
-            step = block.size if block.state == "free" else min(block.size, _round_up(size - have, _PAGE[block.segment.pool]))
+            page = _PAGE[block.segment.pool]
+            step = block.size if block.state == "free" else min(block.size, _round_up(size - have, page))
             need += step * (block.state == "unmapped")
             have += step
             block = block.next

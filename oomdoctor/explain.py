@@ -47,19 +47,22 @@ _NEW = _compile(  # PyTorch >= 2.1, and oomdoctor's simulated capacity
     _BACKEND + r" out of memory(?P<simulated> \(simulated by oomdoctor --capacity\))?\. "
     r"Tried to allocate " + _s("requested") + r"\. (?:GPU|Device|NPU|XPU) (?P<device>[\w:]{1,20}) "
     r"has a total (?P<capacity_word>capacity|capacty) of " + _s("total") + " of which " + _s("free") + r" is free\. "
-    r"(?P<procs>(?:(?:Including non-PyTorch memory, this process|Process \d{1,10}) has " + _SIZE + r" memory in use\. )*)"
+    r"(?P<procs>(?:(?:Including non-PyTorch memory, this process|Process \d{1,10}) has "
+    + _SIZE + r" memory in use\. )*)"
     r"(?:" + _s("allowed") + " allowed; )?Of the allocated memory " + _s("allocated") + " is allocated by PyTorch, "
     r"(?:with " + _s("private_pools") + r" allocated in private pools \(e\.g\., \w{1,10} Graphs\), )?"
     r"and " + _s("unallocated") + r" is reserved by PyTorch but unallocated\.")
 _OLD = _compile(  # PyTorch <= 2.0 (and "cached" instead of "reserved" before 1.4)
     _BACKEND + r" out of memory\. Tried to allocate " + _s("requested") + r" \((?:GPU|NPU|XPU) (?P<device>\d{1,4}); "
     + _s("total") + " total capacity; " + _s("allocated") + " already allocated; (?:" + _SIZE + " current active; )?"
-    + _s("free") + " free; (?:" + _s("allowed") + " allowed; )?" + _s("reserved") + r" (?:reserved in total by PyTorch|cached)\)")
+    + _s("free") + " free; (?:" + _s("allowed") + " allowed; )?"
+    + _s("reserved") + r" (?:reserved in total by PyTorch|cached)\)")
 _MPS = _compile(
     r"MPS backend out of memory \(MPS allocated: " + _s("allocated") + "(?:, other allocations: " + _s("other") + ")?"
     r"(?:, max allowed: " + _s("allowed") + r")?\)(?:\. Tried to allocate " + _s("requested") + r" on \w{1,10} pool)?")
 _CPU = _compile(
-    r"DefaultCPUAllocator: (?:can't allocate memory|not enough memory): you tried to allocate (?P<requested>\d{1,30}) bytes"
+    r"DefaultCPUAllocator: (?:can't allocate memory|not enough memory): "
+    r"you tried to allocate (?P<requested>\d{1,30}) bytes"
     r"(?:\.? Error code (?P<errno>\d{1,5}) \((?P<strerror>[^)\n]{0,80})\))?")
 _PROCESS = re.compile(r"(?:(?P<self>this process)|Process (?P<pid>\d{1,10}))\s+has\s+" + _s("used"))
 _TRIED = re.compile(r"Tried\s+to\s+allocate\s+" + _s("requested"))
@@ -155,7 +158,8 @@ def find_messages(text: str) -> list[OomMessage]:
         for m in pattern.finditer(text):
             start, end = _line_span(text, m.start())
             if not _overlaps(found, start, end):
-                found.append((start, end, OomMessage("cuda-error", code, "cuda", text[start:end].strip(), memory=memory)))
+                error = OomMessage("cuda-error", code, "cuda", text[start:end].strip(), memory=memory)
+                found.append((start, end, error))
     offset = 0
     for line in text.splitlines(keepends=True):
         if oom_family(line) and not _overlaps(found, offset, offset + len(line)):
@@ -347,7 +351,8 @@ def _allocator_cause(m: OomMessage, script: str) -> tuple[str, list[str], list[s
            "mixed precision) or find what is kept alive."]
     if req <= unallocated:
         why.append(f"Fragmentation plays a small part: {_b(unallocated)} is cached in pieces, more than asked "
-                   f"for, so {_alloc_conf(m)}=expandable_segments:True may get this step through, but the device stays nearly full.")
+                   f"for, so {_alloc_conf(m)}=expandable_segments:True may get this step through, but the device "
+                   "stays nearly full.")
     if free >= req:
         why.append(f"The device reports {_b(free)} free now, more than asked for: memory was freed between "
                    "the failure and the report, or another process's use changed.")
@@ -377,12 +382,13 @@ def _explain_mps(m: OomMessage) -> Explanation:
 
 def _explain_cpu(m: OomMessage) -> Explanation:
     script = _script(m)
+    facts = _where(m, [("Tried to allocate", _b(m.requested))])
     if m.requested is not None and m.requested >= 1024**4:
-        return Explanation("CPU out of memory", "yes", "too-large", _where(m, [("Tried to allocate", _b(m.requested))]), [
+        return Explanation("CPU out of memory", "yes", "too-large", facts, [
             f"One tensor of {_b(m.requested)} is larger than the RAM of any machine: this is almost "
             "always a wrong shape (an unintended broadcast or outer product, unfold/im2col on a large "
             "input, a size read from the wrong dimension)."], [f"oomdoctor run --json report.json {script}"])
-    return Explanation("CPU out of memory", "yes", "size", _where(m, [("Tried to allocate", _b(m.requested))]), [
+    return Explanation("CPU out of memory", "yes", "size", facts, [
         "The host ran out of RAM (the operating system refused the allocation). Other processes, "
         "DataLoader workers (each a copy of the dataset if it lives in Python objects) and tensors "
         "kept alive across steps all count."],

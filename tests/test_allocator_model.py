@@ -181,7 +181,8 @@ def test_expandable_segments_split_any_rest_of_512_bytes():
 
 def test_expandable_segments_reuse_memory_as_sizes_creep_up():
     # The batch-size-N+1 pattern: each step asks for a little more than the last freed
-    growing = [("alloc", 1, 10 * MiB), ("free", 1), ("alloc", 2, 12 * MiB), ("free", 2), ("alloc", 3, 14 * MiB), ("free", 3)]
+    growing = [("alloc", 1, 10 * MiB), ("free", 1), ("alloc", 2, 12 * MiB), ("free", 2),
+               ("alloc", 3, 14 * MiB), ("free", 3)]
     assert AllocatorModel().replay(growing)[-1] == (0, 36 * MiB)  # three segments, none reusable
     assert AllocatorModel(expandable_segments=True).replay(growing)[-1] == (0, 20 * MiB)  # one page
 

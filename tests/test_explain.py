@@ -49,9 +49,17 @@ HIP_CAPPED = (
     "torch.OutOfMemoryError: HIP out of memory. Tried to allocate 2.00 MiB. GPU 0 has a total capacity of 287.98 GiB "
     "of which 275.86 GiB is free. 1.05 GiB allowed; Of the allocated memory 1017.01 MiB is allocated by PyTorch, "
     "with 17.00 MiB allocated in private pools (e.g., HIP Graphs), and 54.99 MiB is reserved by PyTorch but "
-    "unallocated. If reserved but unallocated memory is large try setting PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True "
-    "to avoid fragmentation.  See documentation for Memory Management  "
-    "(https://pytorch.org/docs/stable/notes/cuda.html#environment-variables)")
+    "unallocated. If reserved but unallocated memory is large try setting "
+    "PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True to avoid fragmentation.  "
+    "See documentation for Memory Management  (https://pytorch.org/docs/stable/notes/cuda.html#environment-variables)")
+# Recorded by tests/gpu on an H100 with PyTorch 2.11, capped at 1025 MiB with 1010 MiB live, asking for 5 MiB
+H100_CAPPED = (
+    "CUDA out of memory. Tried to allocate 20.00 MiB. GPU 0 has a total capacity of 79.18 GiB of which 77.68 GiB is "
+    "free. Including non-PyTorch memory, this process has 1.49 GiB memory in use. 1.00 GiB allowed; Of the allocated "
+    "memory 1010.00 MiB is allocated by PyTorch, and 0 bytes is reserved by PyTorch but unallocated. If reserved but "
+    "unallocated memory is large try setting PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True to avoid fragmentation."
+    "  See documentation for Memory Management  "
+    "(https://docs.pytorch.org/docs/stable/notes/cuda.html#optimizing-memory-usage-with-pytorch-cuda-alloc-conf)")
 # As printed in pytorch/pytorch#99699, wrapped over several lines
 WRAPPED = """torch.cuda.OutOfMemoryError: CUDA out of memory. Tried to allocate 138.00 MiB.
 GPU 0 has a total capacty of 15.90 GiB of which 8.44 MiB is free.
@@ -162,6 +170,13 @@ def test_a_per_process_cap_is_the_cause_when_reached():
     assert explain(m).cause == "memory-limit"
 
 
+def test_a_5_mib_request_asks_for_a_20_mib_segment_and_hits_the_cap():
+    m = parse(H100_CAPPED)
+    assert (m.requested, m.allocated, m.reserved_unallocated) == (20 * MiB, 1010 * MiB, 0)
+    assert m.allowed == 1 * GiB and between(m.this_process, approx(1.49, GiB))
+    assert explain(m).cause == "memory-limit"
+
+
 def test_a_message_wrapped_over_lines_is_read_whole():
     m = parse(WRAPPED)
     assert m.requested == 138 * MiB and m.processes == [{"pid": 1246069, "bytes": 577 * MiB}]
@@ -192,7 +207,8 @@ def test_mps_message():
 
 @pytest.mark.parametrize("text,memory,first_command", [
     (DEVICE_ASSERT, "no", "CUDA_LAUNCH_BLOCKING=1 python train.py"),
-    ("RuntimeError: CUDA error: an illegal memory access was encountered", "no", "CUDA_LAUNCH_BLOCKING=1 python train.py"),
+    ("RuntimeError: CUDA error: an illegal memory access was encountered", "no",
+     "CUDA_LAUNCH_BLOCKING=1 python train.py"),
     (CUBLAS, "yes", "oomdoctor gpus"),
     (CUDNN_INIT, "maybe", "oomdoctor gpus"),
     (CUDNN_UNSUPPORTED, "maybe", "oomdoctor batch --flag batch-size train.py"),

@@ -45,7 +45,8 @@ def fake_pynvml(gpus: list[dict], init_error: str | None = None) -> ModuleType:
     nvml.nvmlDeviceGetCount = lambda: len(gpus)
     nvml.nvmlDeviceGetHandleByIndex = lambda i: gpus[i]
     nvml.nvmlDeviceGetName = lambda h: h["name"]
-    nvml.nvmlDeviceGetMemoryInfo = lambda h: SimpleNamespace(used=h["used"], total=h["total"], free=h["total"] - h["used"])
+    nvml.nvmlDeviceGetMemoryInfo = lambda h: SimpleNamespace(used=h["used"], total=h["total"],
+                                                             free=h["total"] - h["used"])
     nvml.nvmlDeviceGetUtilizationRates = lambda h: SimpleNamespace(gpu=maybe(h["util"]), memory=0)
     nvml.nvmlDeviceGetTemperature = lambda h, sensor: maybe(h["temp"])
     nvml.nvmlDeviceGetComputeRunningProcesses = lambda h: [SimpleNamespace(pid=pid, usedGpuMemory=used)
@@ -68,7 +69,8 @@ def test_reads_memory_utilization_and_processes(two_gpus):
     source, gpus = read_gpus()
     assert source == "nvml"
     first, second = gpus
-    assert (first.name, first.memory_used_bytes, first.memory_total_bytes) == ("NVIDIA H100 80GB HBM3", 61 * GiB, 80 * GiB)
+    assert (first.name, first.memory_used_bytes, first.memory_total_bytes) == (
+        "NVIDIA H100 80GB HBM3", 61 * GiB, 80 * GiB)
     assert (first.utilization_percent, first.temperature_c) == (97, 64)
     me, hidden = first.processes
     assert (me.pid, me.memory_bytes) == (os.getpid(), 60 * GiB)
