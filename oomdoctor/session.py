@@ -694,11 +694,34 @@ class Session:
 
     def _aggregates(self) -> dict[str, Any]:
         aggregates: dict[str, Any] = {"steps_total": self.timeline.steps_total}
+        if self._on_cuda:
+            aggregates.update(self._device_view())
         if self.recorder is not None:
             aggregates["predicted_cuda_reserved_peak_bytes"] = self.recorder.predicted_reserved_peak
         if self.timeline.batch_size:
             aggregates["batch_size"] = self.timeline.batch_size
         return aggregates
+
+    def _device_view(self) -> dict[str, Any]:
+        """CUDA: PyTorch's reserved bytes beside what NVML sees in use, and why they differ."""
+        import os
+
+        from .nvml import NoDriver, nvml_gap_note, read_gpus
+
+        view: dict[str, Any] = {"torch_reserved_bytes": torch.cuda.memory_reserved(self.device)}
+        if os.environ.get("CUDA_VISIBLE_DEVICES"):
+            return view  # NVML numbers devices as the host does: no safe match
+        try:
+            _, gpus = read_gpus()
+        except (NoDriver, Exception):
+            return view
+        gpu = next((g for g in gpus if g.index == self.device.index), None)
+        if gpu is not None:
+            view["nvml_used_bytes"] = gpu.memory_used_bytes
+            note = nvml_gap_note(gpu.memory_used_bytes, view["torch_reserved_bytes"])
+            if note not in self.notes:
+                self.notes.append(note)
+        return view
 
     def _accounting(self) -> str:
         if self._cuda():

@@ -52,6 +52,12 @@ def test_report_peak_equals_the_allocator_peak_of_the_same_loop():
     print(f"\nallocator peak {plain_peak} B, oomdoctor peak {report.peak_bytes} B")
     assert report.accounting == "cuda-allocator"
     assert report.steps_total == 5
+    # The device view: what NVML sees beside PyTorch's reserved memory, and a note on the gap.
+    print(f"aggregates {report.aggregates}; notes {report.notes}")
+    assert report.aggregates["torch_reserved_bytes"] >= report.peak_bytes
+    if "nvml_used_bytes" in report.aggregates:
+        assert report.aggregates["nvml_used_bytes"] >= report.aggregates["torch_reserved_bytes"]
+        assert any(note.startswith("NVML shows") for note in report.notes)
     assert abs(report.peak_bytes - plain_peak) <= 0.01 * plain_peak
 
 
