@@ -147,13 +147,16 @@ def _exit_code(exc: SystemExit) -> int:
 
 
 def _print_traceback(exc: BaseException) -> None:
-    """Print like python does, without oomdoctor's and runpy's own frames on top."""
-    tb = exc.__traceback__
+    """Print like python does, without oomdoctor's and runpy's own frames (the runner on top,
+    the ledger's hooks in the middle of a simulated OOM)."""
     ours = (os.path.dirname(__file__) + os.sep, runpy.__file__, "<frozen runpy>")
-    while tb is not None and tb.tb_frame.f_code.co_filename.startswith(ours):
-        tb = tb.tb_next
+    if "simulated by oomdoctor" in str(exc):  # also the wrappers torch puts around dispatch modes
+        ours += (os.path.join("torch", "_compile.py"), os.path.join("torch", "_dynamo", "eval_frame.py"))
+    report = traceback.TracebackException(type(exc), exc, exc.__traceback__)
+    report.stack = traceback.StackSummary.from_list(
+        [f for f in report.stack if not (f.filename.startswith(ours[:3]) or f.filename.endswith(ours[3:]))])
     sys.stdout.flush()
-    traceback.print_exception(type(exc), exc, tb, file=sys.stderr)
+    print("".join(report.format()), end="", file=sys.stderr)
 
 
 def _flush() -> None:

@@ -254,6 +254,7 @@ class Session:
         step, self._open = self._open, None
         self._fold_peak(step)
         self.timeline.note_peak(step.peak, step.peak_by_category, None)
+        self._next_index = step.index  # the first marked step is step 0
 
     # -- hooks ---------------------------------------------------------------------------------
     def _install(self) -> None:
@@ -452,7 +453,9 @@ class Session:
         exact = self.exact or index < WARMUP_STEPS or index % self.sample_every == 0
         self._set_mode(exact and self.device.type != "cuda")
         self.ledger.step = index
-        self._take_peak()  # the new step's peak starts now
+        # The new step's peak starts now; what peaked since the last step (evaluation between
+        # marked steps) still counts for the run's peak.
+        self.timeline.note_peak(*self._take_peak(), None)
         start = self._current_bytes() if start_bytes is None else start_bytes
         self._open = _OpenStep(index, start, now, exact or self.device.type == "cuda")
 

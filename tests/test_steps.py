@@ -136,7 +136,23 @@ def test_explicit_steps_for_an_inference_loop():
                 session.step()
     report = session.report()
     assert report.steps_total == 4
+    assert [s.index for s in report.steps] == [0, 1, 2, 3]
     assert all(s.duration_s > 0 for s in report.steps)
+
+
+def test_memory_used_between_marked_steps_counts_for_the_run_peak():
+    model = mlp()
+    with oomdoctor.track(quiet=True, exact=True) as session:
+        for _ in range(3):
+            session.begin_step()
+            model(torch.randn(4, 64)).sum().backward()
+            session.end_step()
+            big = torch.zeros(1 << 20)  # 4 MiB, between steps (an evaluation, say)
+            del big
+    report = session.report()
+    assert [s.index for s in report.steps] == [0, 1, 2]
+    assert max(s.peak_bytes for s in report.steps) < 4 << 20
+    assert report.peak_bytes >= 4 << 20
 
 
 def test_categories_sum_to_the_peak_of_every_exact_step():

@@ -83,7 +83,9 @@ def user_frame(frames: list[dict[str, Any]]) -> Location | None:
     """The innermost frame of the user's own code (not torch, not oomdoctor, not the stdlib)."""
     for f in reversed(frames):
         name = f["file"]
-        if name.startswith(_OURS) or name.startswith("<") or "site-packages" in name or "/lib/python" in name:
+        notebook_cell = name.startswith("<ipython-input-")
+        if name.startswith(_OURS) or name.startswith("<") and not notebook_cell or "site-packages" in name \
+                or "/lib/python" in name:
             continue
         return Location(name, f["line"], f["function"], f.get("code"))
     return None

@@ -125,6 +125,7 @@ class Ledger:
         entry.category = category
 
     def _raise_oom(self, nbytes: int) -> None:
+        __tracebackhide__ = True
         if self.on_oom is not None:
             self.on_oom(nbytes)
         free = max(self.capacity - self.total, 0)
@@ -164,6 +165,7 @@ class LedgerMode(TorchDispatchMode):
         self.category_now = category_now
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        __tracebackhide__ = True  # pytest and IPython hide this frame from the user's traceback
         out = func(*args, **(kwargs or {}))
         category = self.category_now()
         for leaf in tree_leaves(out):
@@ -173,13 +175,16 @@ class LedgerMode(TorchDispatchMode):
 
 
 _SKIP_PREFIXES = (torch.__file__.rsplit("/", 1)[0] + "/", __file__.rsplit("/", 2)[0] + "/")
+_LIBRARIES = ("/site-packages/", "/dist-packages/", "<frozen")
 
 
 def _user_site() -> Site | None:
+    """The innermost frame of the user's own code: not torch, not oomdoctor, not an installed
+    library (Lightning's data loaders are nothing the user can change)."""
     frame = sys._getframe(2)
     while frame is not None:
         filename = frame.f_code.co_filename
-        if not filename.startswith(_SKIP_PREFIXES) and not filename.startswith("<frozen"):
+        if not filename.startswith(_SKIP_PREFIXES) and not any(part in filename for part in _LIBRARIES):
             return Site(filename, frame.f_lineno, frame.f_code.co_name)
         frame = frame.f_back
     return None
