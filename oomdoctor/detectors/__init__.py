@@ -10,11 +10,12 @@ from typing import Callable
 
 from ..report.model import Finding
 from ..timeline import Timeline
-from . import capacity, oom
+from . import capacity, growth, missing_no_grad, oom, retained_graph
 
 Detector = Callable[[Timeline], list[Finding]]
 
-DETECTORS: list[Detector] = [capacity.detect, oom.detect]
+DETECTORS: list[Detector] = [capacity.detect, oom.detect, retained_graph.detect, missing_no_grad.detect,
+                               growth.detect]
 
 
 def run_detectors(timeline: Timeline) -> tuple[list[Finding], list[str]]:

@@ -16,4 +16,7 @@ from __future__ import annotations
 
 def default_probes() -> list:
     """The probes every session runs."""
-    return []
+    from .graphs import GraphProbe
+    from .growth import GrowthProbe
+
+    return [GraphProbe(), GrowthProbe()]

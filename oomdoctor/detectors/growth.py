@@ -1,0 +1,165 @@
+"""`memory-growth`: memory left at the end of each step rises step after step, no graph involved.
+
+Pure, on the `survivors` event of probes/growth.py and `timeline.series`. Each kind of evidence
+is fitted with Theil-Sen (the median of the pairwise slopes: robust to spikes and odd steps),
+and growth must go on in the later half of the points: memory that rises and then plateaus
+(warm-up, lazily created optimizer state, a cache that fills up) is not growth.
+- Exact evidence, preferred: the holder's own bytes, measured after it was named (any mode), and
+  `timeline.series` of end-of-step bytes when every step is exact (CUDA allocator, `--exact`),
+  after the warm-up steps. When one of them is there, it decides.
+- Sampled CPU runs otherwise: one line's bytes growing from exact step to exact step (a tensor
+  re-allocated bigger), or survivors: storages created at exact steps and alive two steps or
+  more later, from at least three steps, half of them or more and one of the latest two. A leak
+  leaves them step after step; warm-up only at the first steps.
+A retained-graph finding that explains the growth takes precedence.
+"""
+from __future__ import annotations
+
+import math
+import statistics
+from dataclasses import dataclass
+
+from ..report.model import Finding, Location, Remedy
+from ..sizes import format_bytes
+from ..timeline import Timeline
+
+WARMUP = 3  # steps left out of the series: optimizer state, caches, first batches
+MIN_RATE = 1024  # bytes per step worth reporting
+MIN_TOTAL = 256 * 1024  # growth over the run worth reporting
+
+
+@dataclass
+class Fit:
+    slope: float  # bytes per step
+    late: float  # the slope over the later half of the points
+    span: int  # steps between the first and last point
+    last: int  # bytes at the last point
+
+    def rising(self) -> bool:
+        return self.slope > 0 and self.late >= 0.25 * self.slope
+
+    def grows(self, total: float) -> bool:
+        return self.rising() and self.slope >= MIN_RATE and total >= MIN_TOTAL
+
+
+def detect(timeline: Timeline) -> list[Finding]:
+    event = next((e for e in timeline.events if e["kind"] == "survivors"), None)
+    if event is None:
+        return []
+    holder = fit([(p[0], p[1]) for p in event.get("holder_series", [])], min_points=3, min_span=2)
+    series = fit([p for p in timeline.series if p[0] >= WARMUP]) if event.get("all_exact") else None
+    holder_grows = holder is not None and holder.grows(holder.last)
+    if holder is not None or series is not None:
+        if holder_grows:
+            rate = holder.slope
+        elif series is not None and series.grows(series.slope * series.span):
+            rate = series.slope
+        else:
+            return []
+    else:
+        site = best_site(event)
+        rate = site.slope if site is not None and site.grows(site.slope * site.span) else survivor_rate(event)
+        if not rate:
+            return []
+    if _explained_by_retained_graph(timeline, rate):
+        return []
+    return [_finding(timeline, event, rate, named=holder_grows or holder is None)]
+
+
+def fit(points: list[tuple[int, int]], min_points: int = 6, min_span: int = 8) -> Fit | None:
+    if len(points) < min_points or points[-1][0] - points[0][0] < min_span:
+        return None
+    return Fit(theil_sen(points), theil_sen(points[len(points) // 2:]), points[-1][0] - points[0][0], points[-1][1])
+
+
+def theil_sen(points: list[tuple[int, int]]) -> float:
+    slopes = [(b[1] - a[1]) / (b[0] - a[0]) for i, a in enumerate(points) for b in points[i + 1:] if b[0] != a[0]]
+    return statistics.median(slopes) if slopes else 0.0
+
+
+def best_site(event: dict) -> Fit | None:
+    fits = [fit([(p[0], p[1]) for p in s["points"] if p[0] >= WARMUP], min_points=4, min_span=8)
+            for s in event.get("site_series", [])]
+    fits = [f for f in fits if f is not None]
+    return max(fits, key=lambda f: f.slope) if fits else None
+
+
+def survivor_rate(event: dict) -> float | None:
+    """Bytes left behind per step: survivors from at least three exact steps, half of them or
+    more, one of the latest two included."""
+    by_step = event.get("by_step") or []
+    with_survivors = [b for _, b in by_step if b > 0]
+    if len(with_survivors) < 3 or 2 * len(with_survivors) < len(by_step):
+        return None
+    if not any(b > 0 for _, b in by_step[-2:]):
+        return None
+    rate = statistics.median(with_survivors)
+    if rate < MIN_RATE or rate * event.get("scan_step", 0) < MIN_TOTAL:
+        return None
+    return float(rate)
+
+
+def _explained_by_retained_graph(timeline: Timeline, rate: float) -> bool:
+    return any(e["kind"] == "retained-graph" and not e.get("provisional")
+               and e.get("bytes_per_step", 0) >= 0.5 * rate for e in timeline.events)
+
+
+def _finding(timeline: Timeline, event: dict, rate: float, named: bool) -> Finding:
+    steps = timeline.steps()
+    last = steps[-1] if steps else None
+    capacity, source = event.get("capacity"), event.get("capacity_source")
+    projected = None
+    if capacity and last is not None:
+        projected = last.index + max(0, math.ceil((capacity - last.peak_bytes) / rate))
+    device = {"ram": "the machine's RAM", "--capacity": "the capacity you gave"}.get(source, "the device")
+    holder = event.get("holder") if named else None
+    allocation = event.get("allocation") if named else None
+    allocation = allocation or _top_site(event)
+    detail = f"Memory left at the end of each step grows by about {format_bytes(int(rate))} per step"
+    if last is not None and steps[0].index != last.index:
+        detail += f" over steps {steps[0].index}..{last.index}"
+    detail += "."
+    if holder:
+        detail += f" What grows is kept in `{holder}`"
+        if allocation:
+            detail += f"; it was allocated at line {allocation['line']} (`{allocation.get('code') or allocation['function']}`)"
+        detail += "."
+    elif allocation:
+        detail += f" The growing tensors are allocated at line {allocation['line']}."
+    if projected is not None:
+        detail += f" At this rate {device} ({format_bytes(capacity)}) runs out near step {projected}."
+    remedies = []
+    if named and event.get("before") and event.get("after"):
+        remedies.append(Remedy(f"Keep `{event['method']}` of what you store, not the tensor",
+                               before=event["before"], after=event["after"]))
+    remedies.append(Remedy("Keep only what you need after the step: a number (`.item()`), a bounded window "
+                           "(`collections.deque(maxlen=N)`), a running aggregate, or write it to disk"))
+    where = (event.get("location") if named else None) or allocation
+    total = int(rate * ((last.index + 1) if last is not None else 1))
+    return Finding(
+        kind="memory-growth",
+        severity="warning",
+        title=f"Memory grows by {format_bytes(int(rate))} per step"
+              + (f"; out of memory near step {projected}" if projected is not None else ""),
+        detail=detail,
+        location=Location(**where) if where else None,
+        bytes=total,
+        remedy=f"Stop keeping {'`' + holder + '`' if holder else 'these tensors'} across steps, or bound it.",
+        remedies=remedies,
+        evidence={"bytes_per_step": int(rate), "projected_oom_step": projected, "capacity_bytes": capacity,
+                  "capacity_source": source, "holder": holder, "allocation": allocation,
+                  "holder_series": event.get("holder_series"), "by_step": event.get("by_step")},
+    )
+
+
+def _top_site(event: dict) -> dict | None:
+    """Without a holder: the line with the most survivors, else the fastest growing line."""
+    sites = event.get("sites") or []
+    if sites:
+        return {k: sites[0][k] for k in ("file", "line", "function", "code")}
+    growing = [(theil_sen([(p[0], p[1]) for p in s["points"]]), s) for s in event.get("site_series", [])]
+    growing = [g for g in growing if g[0] > 0]
+    if growing:
+        s = max(growing, key=lambda g: g[0])[1]
+        return {k: s[k] for k in ("file", "line", "function", "code")}
+    return None

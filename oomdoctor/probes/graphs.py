@@ -1,0 +1,324 @@
+"""Markers on the autograd graph of every root forward: retained graphs and unused graphs.
+
+At the end of a root forward that ran with grad mode on (`forward_end`) of a module with
+parameters, each output node (`grad_fn`) gets a `Marker` in its `metadata` dict, which lives
+exactly as long as the node (nodes cannot be weak-referenced; markers can), and a pre-hook that
+notes when a backward pass reaches it. That is all the per-forward cost (~2 us): no graph walks
+and no frame scans until something is detected.
+
+Retained graphs, two clocks:
+- steps: at a step's end, graphs of forwards from `MIN_OLD` different steps at least `OLD`
+  steps old are alive;
+- forwards, for graphs no backward reached (an evaluation loop, where no step ends): at a call
+  site, `MIN_OLD` graphs older than the site's last `OLD` forwards are alive. Such a detection
+  is provisional until the session stops: a gradient-accumulation window or an RL episode keeps
+  graphs alive too, and then a backward reaches them; only graphs never back-propagated confirm it.
+After a `gc.collect()` rules out graphs waiting in reference cycles, the user's frames are
+searched for the holder and the line that attaches to it (attribution.py). Event
+`retained-graph`, one per holder: holder, location, before, after, method, container, backward
+(did backward run through the held graphs), clock ("step" | "forward"), steps_alive (graphs
+alive, counted in the clock's unit), bytes, bytes_per_step, nodes, forward_site, detected_at,
+provisional. Attribution runs again when the count doubles (at most `MAX_ATTRIBUTIONS` times),
+so the counts follow the run.
+
+Unused graphs: a forward whose graph was freed, or is alive when the session stops, with no
+backward through it. Event `unused-graph`, one per call site: location, module, eval (the
+module was in eval mode), forwards, backwards, unused, saved_bytes (what the site's first
+forward saved for backward: what each such graph held).
+"""
+from __future__ import annotations
+
+import functools
+import gc
+import weakref
+from typing import Any
+
+import torch
+
+from .. import attribution
+from ..attribution import MARKER_KEY
+
+OLD = 2  # a graph is old once this many steps (or forwards at its call site) followed it
+MIN_OLD = 3  # old graphs alive from this many steps (or forwards): something holds them
+MAX_ATTRIBUTIONS = 8
+NODE_BYTES = 970  # host memory per retained autograd node after backward (measured, CPU, 2.13)
+MAX_OUTPUTS = 8  # output tensors marked per forward
+
+
+class Marker:
+    __slots__ = ("forward", "__weakref__")
+
+    def __init__(self, forward: "_Forward"):
+        self.forward = forward
+
+
+class _Site:
+    """A line of the user's code that calls a model, with counts over the session."""
+
+    __slots__ = ("location", "module", "eval", "forwards", "backwards", "unused", "saved_bytes", "event",
+                 "pending", "attributed")
+
+    def __init__(self, location: dict[str, Any], module: torch.nn.Module):
+        self.location = location
+        self.module = type(module).__name__
+        self.eval = not module.training
+        self.forwards = 0
+        self.backwards = 0
+        self.unused = 0  # graphs freed (or alive at the end) without a backward through them
+        self.saved_bytes: int | None = None
+        self.event: dict[str, Any] | None = None
+        self.pending: list[_Forward] = []  # alive graphs no backward reached yet, oldest first
+        self.attributed = 0  # len(pending) at the last attribution on the forward clock
+
+
+class _Forward:
+    __slots__ = ("step", "site", "backward", "markers", "refs")
+
+    def __init__(self, step: int, site: _Site):
+        self.step = step
+        self.site = site
+        self.backward = False
+        self.markers = 0
+        self.refs: list[weakref.ref] = []
+
+    def reached(self, _grad_outputs: Any) -> None:
+        """Node pre-hook: backward reached this forward's graph."""
+        if not self.backward:
+            self.backward = True
+            self.site.backwards += 1
+            _discard(self.site.pending, self)
+
+
+class GraphProbe:
+    def __init__(self) -> None:
+        self.session: Any = None
+        self.active = False
+        self.sites: dict[tuple[str, int, str], _Site] = {}
+        self.alive: dict[int, _Forward] = {}
+        self.alive_by_step: dict[int, int] = {}  # step -> forwards of that step whose graph lives
+        self.holders: dict[tuple[str | None, str], dict[str, Any]] = {}  # events by (holder, clock)
+        self._provisional: dict[int, list[_Forward]] = {}  # id(event) -> the graphs it was about
+        self._attributions = 0
+        self._steps_at_attribution = 0
+        self._next_check = 0
+
+    # -- probe protocol ------------------------------------------------------------------------
+    def start(self, session: Any) -> None:
+        self.session = session
+        self.active = True
+
+    def stop(self) -> None:
+        timeline = self.session.timeline
+        if self.active and timeline.exception is None:
+            for forward in list(self.alive.values()):  # alive at the end, nobody back-propagated
+                if not forward.backward:
+                    forward.site.unused += 1
+        for site in self.sites.values():
+            if site.unused:
+                self._publish_site(site)
+        for event in list(self.holders.values()):  # forward clock: confirmed only if never used
+            forwards = self._provisional.get(id(event), [])
+            if any(f.backward for f in forwards):
+                timeline.events.remove(event)
+            else:
+                event["provisional"] = False
+        self.active = False
+
+    def forward_start(self, session: Any, module: torch.nn.Module) -> None:
+        pass
+
+    def forward_end(self, session: Any, module: torch.nn.Module, output: Any) -> None:
+        if not torch.is_grad_enabled() or next(module.parameters(), None) is None:
+            return  # loss modules and other parameter-less roots only continue a graph
+        nodes = _output_nodes(output)
+        if not nodes:
+            return
+        where = attribution.call_site()
+        if where is None:
+            return
+        site = self.sites.get(where)
+        if site is None:
+            file, line, function = where
+            location = {"file": file, "line": line, "function": function,
+                        "code": attribution.source_line(file, line)}
+            site = self.sites[where] = _Site(location, module)
+        site.forwards += 1
+        site.eval = site.eval and not module.training
+        forward = _Forward(session.ledger.step, site)
+        for node in nodes:
+            marker = Marker(forward)
+            node.metadata[MARKER_KEY] = marker
+            forward.refs.append(weakref.ref(marker, functools.partial(self._freed, forward)))
+            node.register_prehook(forward.reached)
+        forward.markers = len(nodes)
+        self.alive[id(forward)] = forward
+        self.alive_by_step[forward.step] = self.alive_by_step.get(forward.step, 0) + 1
+        site.pending.append(forward)
+        if site.saved_bytes is None:  # once per call site: what one of its graphs holds
+            site.saved_bytes = attribution.walk_graph(nodes, budget=20_000).saved_bytes
+        if site.event is not None:
+            site.event["forwards"] = site.forwards
+        self._check_forward_clock(site)
+
+    def step_end(self, session: Any, step: Any) -> None:
+        index = step.index
+        if any(e["clock"] == "step" for e in self.holders.values()):
+            self._follow(index)
+        elif index >= self._next_check and self._old_steps(index) >= MIN_OLD:
+            gc.collect()  # graphs in reference cycles wait for the collector: not held
+            if self._old_steps(index) >= MIN_OLD:
+                old = [f for f in list(self.alive.values()) if f.step <= index - OLD]
+                self._steps_at_attribution = self._old_steps(index)
+                self._attribute(old, "step", index)
+            else:
+                self._next_check = index + max(8, index)
+
+    # -- unused graphs -------------------------------------------------------------------------
+    def _freed(self, forward: _Forward, _ref: weakref.ref) -> None:
+        """A marker died: when it was its forward's last, the forward's graph is gone."""
+        try:
+            forward.markers -= 1
+            if forward.markers:
+                return
+            self.alive.pop(id(forward), None)
+            left = self.alive_by_step.get(forward.step, 1) - 1
+            if left:
+                self.alive_by_step[forward.step] = left
+            else:
+                self.alive_by_step.pop(forward.step, None)
+            if not forward.backward and self.active:
+                _discard(forward.site.pending, forward)
+                forward.site.unused += 1
+                self._publish_site(forward.site)
+        except Exception:  # called by the garbage collector anywhere: never raise
+            pass
+
+    def _publish_site(self, site: _Site) -> None:
+        if site.event is None:
+            self.session.timeline.add_event("unused-graph", location=site.location, module=site.module)
+            site.event = self.session.timeline.events[-1]
+        site.event.update(eval=site.eval, forwards=site.forwards, backwards=site.backwards, unused=site.unused,
+                          saved_bytes=site.saved_bytes or 0)
+
+    # -- retained graphs -----------------------------------------------------------------------
+    def _old_steps(self, index: int) -> int:
+        return sum(1 for step in list(self.alive_by_step) if step <= index - OLD)
+
+    def _check_forward_clock(self, site: _Site) -> None:
+        alive = len(site.pending)
+        if alive < MIN_OLD + OLD or alive < 2 * site.attributed or self._attributions >= MAX_ATTRIBUTIONS:
+            event = next((e for e in self.holders.values() if e.get("site_key") == id(site)), None)
+            if event is not None and alive > event["steps_alive"]:  # keep the count current
+                event["steps_alive"] = alive
+                event["bytes"] = event["bytes_per_step"] * alive
+            return
+        site.attributed = alive
+        gc.collect()
+        old = site.pending[:-OLD]
+        if len(old) >= MIN_OLD:
+            self._attribute(old, "forward", site.forwards, site)
+
+    def _follow(self, index: int) -> None:
+        """After detection on the step clock: keep the counts current, attribute again when they
+        doubled."""
+        steps = self._old_steps(index) if len(self.alive_by_step) < 4096 else len(self.alive_by_step)
+        if steps >= 2 * self._steps_at_attribution and self._attributions < MAX_ATTRIBUTIONS:
+            old = [f for f in list(self.alive.values()) if f.step <= index - OLD]
+            self._steps_at_attribution = steps
+            self._attribute(old, "step", index)
+            return
+        scale = steps / max(1, self._steps_at_attribution)
+        for event in self.holders.values():
+            if event["clock"] != "step":
+                continue
+            alive = min(steps, round(event["steps_attributed"] * scale))
+            if alive > event["steps_alive"]:
+                event["steps_alive"] = alive
+                event["bytes"] = event["bytes_per_step"] * alive
+
+    def _attribute(self, old_forwards: list[_Forward], clock: str, at: int, site: _Site | None = None) -> None:
+        """Name what holds the old graphs and find the line that attaches them (expensive)."""
+        self._attributions += 1
+        old = {id(f) for f in old_forwards}
+
+        def holds_old_graph(t: torch.Tensor) -> bool:
+            if t.grad_fn is None:
+                return False
+            stats = attribution.walk_graph([t], want_bytes=False, stop=lambda m: id(m.forward) in old)
+            return any(id(m.forward) in old for m in stats.markers)
+
+        found = []
+        for holder in attribution.find_holders(attribution.user_frames(), holds_old_graph):
+            method = ".item()" if all(t.numel() == 1 for t in holder.tensors) else ".detach()"
+            found.append((holder, attribution.all_tensors(holder), attribution.attach_statement(holder, method)))
+        accumulating = [f for f in found if f[2] is not None and f[2].accumulating]
+        if accumulating:
+            found = accumulating
+        elif found:
+            found = [max(found, key=lambda f: len(f[1]))]
+        if not found and not self.holders:
+            found = [(None, [], None)]  # held, but not from the user's frames: report it anyway
+        for holder, tensors, attach in found:
+            self._record(holder, tensors, attach, old_forwards, clock, at, site)
+
+    def _record(self, holder: Any, tensors: list[torch.Tensor], attach: Any, old_forwards: list[_Forward],
+                clock: str, at: int, site: _Site | None) -> None:
+        stats = attribution.walk_graph([t for t in tensors if t.grad_fn is not None],
+                                       budget=attribution.NODE_BUDGET // 4)
+        forwards = [m.forward for m in stats.markers if isinstance(m, Marker)] if holder is not None else old_forwards
+        held = len({f.step if clock == "step" else id(f) for f in forwards}) or len(old_forwards)
+        backward = any(f.backward for f in forwards)
+        own = sum({id(t.untyped_storage()): t.untyped_storage().nbytes() for t in tensors}.values())
+        kept = own + (stats.nodes * NODE_BYTES if backward else stats.saved_bytes)
+        sites = [f.site.location for f in forwards]
+        name = holder.name if holder is not None else None
+        event = self.holders.get((name, clock))
+        if event is None:
+            self.session.timeline.add_event("retained-graph", holder=name, clock=clock, detected_at=at,
+                                            steps_alive=0, provisional=clock == "forward")
+            event = self.holders[(name, clock)] = self.session.timeline.events[-1]
+        if clock == "forward":
+            event["site_key"] = id(site)
+            self._provisional.setdefault(id(event), []).extend(old_forwards)
+        event.update(
+            location=None if attach is None else {
+                "file": attach.file, "line": attach.line, "function": attach.function, "code": attach.code},
+            before=None if attach is None else attach.before,
+            after=None if attach is None else attach.after,
+            method=None if attach is None else attach.method,
+            container=bool(holder is not None and holder.container),
+            backward=backward,
+            forward_site=max(sites, key=sites.count) if sites else None,
+            nodes=stats.nodes,
+            steps_attributed=held,
+            bytes_per_step=kept // max(1, held),
+        )
+        if held >= event["steps_alive"]:
+            event["steps_alive"] = held
+            event["bytes"] = kept
+
+
+def _output_nodes(output: Any) -> list[Any]:
+    """The distinct, not yet marked `grad_fn`s of a forward's output tensors (also in tuples,
+    lists and dicts such as a Hugging Face ModelOutput)."""
+    nodes: list[Any] = []
+    stack = [output]
+    while stack and len(nodes) < MAX_OUTPUTS:
+        item = stack.pop()
+        if isinstance(item, torch.Tensor):
+            node = item.grad_fn
+            if node is not None and all(node is not n for n in nodes) and MARKER_KEY not in node.metadata:
+                nodes.append(node)
+        elif isinstance(item, (list, tuple)):
+            stack.extend(reversed(item[:MAX_OUTPUTS]))
+        elif isinstance(item, dict):
+            stack.extend(reversed(list(item.values())[:MAX_OUTPUTS]))
+    return nodes
+
+
+def _discard(pending: list[_Forward], forward: _Forward) -> None:
+    """Remove `forward` from a site's pending list (usually its oldest entry: cheap)."""
+    for i, f in enumerate(pending):
+        if f is forward:
+            del pending[i]
+            return
