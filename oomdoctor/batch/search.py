@@ -19,10 +19,12 @@ in b, which the search relies on. It measures, fits, predicts, then confirms:
 3. Confirm. The next size is *predicted* not to fit, without running it, when the secant through
    the two largest sizes that fit (a lower bound of the next peak, by convexity) puts it past the
    capacity by more than the error the fit just showed at the size it placed; otherwise it runs.
-4. When a fit promised a size that did not fit, measure where even the most curved growth through
-   the two largest points fits (a third point that shows the bend), and from then on use the line
-   or the parabola, whichever did not just err in its direction. Two trials in a row that did
-   not fit where they should have: bisection, so no memory curve costs more than a binary search.
+4. When a fit promised a size that did not fit: while the points lie on one line, measure where
+   even the most curved growth through the two largest still fits (a third point, to see the
+   bend); once they bend, halve the bracket. From then on the line or the parabola is used,
+   whichever did not just err in its direction (a parabola that erred means a kink: straight
+   beyond it). Two trials in a row that did not fit where they were meant to: bisection, so a
+   curve that fools every fit costs about a binary search, never a loop.
 
 Without a capacity (none given, none reported by a trial) there is nothing to predict against:
 doubling until a size does not fit, then bisection.
@@ -151,11 +153,14 @@ class BatchResult:
 
     def recommended_for(self, margin: float) -> int | None:
         """The largest size whose peak stays `margin` (a share) below the capacity, never below
-        `low` nor above the maximum. Without a capacity, below the maximum's own peak."""
+        `low` nor above the maximum. Without a capacity, below the maximum's own peak; without
+        any measured peak, `margin` below the maximum size itself."""
         if self.max_batch_size is None:
             return None
         fitting = sorted((t for t in self.trials if t.fits and t.source == "measured"), key=lambda t: t.batch_size)
         ceiling = self.capacity_bytes or fitting[-1].peak_bytes
+        if ceiling is None:
+            return max(self.low, math.floor(self.max_batch_size * (1 - margin)))
         budget = Fraction(ceiling) * (1 - Fraction(margin).limit_denominator(10**6))
         if self.curve is not None:
             size = self.curve.largest_fitting(budget, self.low, self.max_batch_size)
@@ -276,8 +281,8 @@ class _Search:
         low_by_far = not fits or self.peaks[b] > expected * (1 + TOLERANCE)
         if placement.curve.model == "linear" and low_by_far:
             self._prefer_bent = True  # the line promised too much: the points bend
-        elif placement.curve.model == "quadratic" and fits and self.peaks[b] < expected * (1 - TOLERANCE):
-            self._prefer_bent = False  # the parabola bent too much: a kink, straight beyond it
+        elif placement.curve.model == "quadratic" and (low_by_far or self.peaks[b] < expected * (1 - TOLERANCE)):
+            self._prefer_bent = False  # the parabola erred: a kink, straight beyond it
 
     # -- deciding -------------------------------------------------------------------------------
     def settled(self) -> bool:
@@ -310,11 +315,12 @@ class _Search:
         size = curve.largest_fitting(self.capacity, lo, self.high)
         if size <= hi:
             return self._place(size, curve, kind="fit")
-        # The fit promised a size that did not fit.
-        curve = steepest(*points[-2:])
-        size = curve.largest_fitting(self.capacity, lo, self.high)
-        if size <= hi:
-            return self._place(size, curve, kind="bound")
+        # The fit promised a size that did not fit (step 4 of the module doc).
+        if len(points) == 2 or parabola(*points).quadratic <= 0:
+            curve = steepest(*points[-2:])
+            size = curve.largest_fitting(self.capacity, lo, self.high)
+            if size <= hi:
+                return self._place(size, curve, kind="bound")
         return self._place((lo + hi + 1) // 2)
 
     def _open_top(self) -> int:

@@ -15,6 +15,7 @@ from ._app import app
 # Registration happens on import: each module decorates its command with @app.command().
 from . import run as _run  # noqa: F401,E402
 from . import report as _report  # noqa: F401,E402
+from . import batch as _batch  # noqa: F401,E402
 from . import lint as _lint  # noqa: F401,E402
 from . import explain as _explain  # noqa: F401,E402
 from . import gpus as _gpus  # noqa: F401,E402

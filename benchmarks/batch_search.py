@@ -1,0 +1,210 @@
+"""How many trials, and how long, to find the largest batch size: oomdoctor against the usual ways.
+
+    python benchmarks/batch_search.py            # simulated comparison, then real runs
+    python benchmarks/batch_search.py --no-real  # simulated comparison only
+
+1. Simulated. One memory model (peak = fixed + per_sample*b, or the larger of two such lines where
+   the peak moves from the optimizer step to backward, as in recipes/batch_mlp.py) and one
+   capacity per row, the largest fitting size planted at ~30, ~1000 and ~20000. Methods:
+   - oomdoctor: `oomdoctor.batch.search`, 2 steps per trial; `oomdoctor batch` starts a fresh
+     process per trial (start-up cost included), `find_batch_size` runs trials in-process;
+   - Lightning `binsearch`: double from 2 until OOM, then binary search, 3 steps per trial, after
+     `_run_binsearch_scaling` in lightning/pytorch/tuner/batch_size_scaling.py, RE-IMPLEMENTED here
+     (Lightning is not a dependency);
+   - Accelerate `find_executable_batch_size`: start high, x0.9 on each OOM, the real function from
+     `accelerate` when it is installed, else a re-implementation (the output says which).
+   Time model: a step at batch b takes STEP_S + SAMPLE_S*b; an OOM trial fails half-way through
+   its first step; a process start (oomdoctor only) costs START_S, measured on this machine.
+2. Real. `oomdoctor batch` on recipes/batch_mlp.py with `--capacity`: trials, wall time, and the
+   answer checked by running the script at the maximum and one above it.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from oomdoctor.batch.search import Trial, search  # noqa: E402
+
+STEP_S = 0.05  # fixed part of one training step, seconds
+SAMPLE_S = 50e-6  # per sample: a mid-size model on a GPU
+START_S = 3.0  # a fresh `python -m oomdoctor run` process up to the script's first step: about the
+# seconds of a batch-size-1 trial in the real runs below (torch and oomdoctor imports, the optimizer's)
+OURS_STEPS, LIGHTNING_STEPS = 2, 3
+
+
+class Workload:
+    """A memory curve with a capacity whose largest fitting batch size is `target`."""
+
+    def __init__(self, target: int, kinked: bool):
+        self.target, self.kinked = target, kinked
+        self.per_sample = 4 * 2**20  # 4 MiB per sample near the maximum
+        self.fixed = 6 * 2**30  # weights, gradients, optimizer state
+        self.capacity = self.fixed + self.per_sample * target + self.per_sample // 3
+
+    def peak(self, b: int) -> int:
+        steep = self.fixed + self.per_sample * b
+        if not self.kinked:
+            return steep
+        # Small batches: the optimizer step's peak (temporaries the size of the weights, a little
+        # per sample) dominates up to ~0.57 of the maximum.
+        return max(steep, self.fixed + self.per_sample * self.target // 2 + self.per_sample // 8 * b)
+
+    def fits(self, b: int) -> bool:
+        return self.peak(b) <= self.capacity
+
+
+def step_seconds(b: int) -> float:
+    return STEP_S + SAMPLE_S * b
+
+
+def run_oomdoctor(w: Workload, start_s: float = START_S) -> tuple[int, int, float]:
+    spent = 0.0
+
+    def trial(b: int) -> Trial:
+        nonlocal spent
+        ok = w.fits(b)
+        spent += start_s + (OURS_STEPS * step_seconds(b) if ok else step_seconds(b) / 2)
+        return Trial(b, ok, w.peak(b) if ok else w.capacity)
+
+    result = search(trial, capacity=w.capacity)
+    return result.max_batch_size, result.measured_trials, spent
+
+
+def run_lightning_binsearch(w: Workload, init_val: int = 2, max_trials: int = 25) -> tuple[int, int, float]:
+    """Lightning's `_run_binsearch_scaling`, re-implemented: double while trials succeed, then
+    bisect between the last success and the first failure."""
+    low, high, size, count, trials, spent = 1, None, init_val, 0, 0, 0.0
+    while True:
+        trials += 1
+        if w.fits(size):
+            spent += LIGHTNING_STEPS * step_seconds(size)
+            count += 1
+            if count > max_trials:
+                break
+            low = size
+            if high:
+                if high - low <= 1:
+                    break
+                size = (high + low) // 2
+            else:
+                size *= 2
+        else:
+            spent += step_seconds(size) / 2
+            high = size
+            size = (high + low) // 2
+            if high - low <= 1:
+                break
+    return size, trials, spent
+
+
+def accelerate_decay() -> tuple[Callable, str]:
+    try:
+        from accelerate.utils import find_executable_batch_size
+
+        return find_executable_batch_size, "accelerate.utils.find_executable_batch_size (real)"
+    except ImportError:
+        def find_executable_batch_size(function: Callable, starting_batch_size: int = 128) -> Callable:
+            def run() -> int:
+                batch_size = starting_batch_size
+                while True:
+                    if batch_size == 0:
+                        raise RuntimeError("No executable batch size found, reached zero.")
+                    try:
+                        return function(batch_size)
+                    except RuntimeError as exc:
+                        if " out of memory." not in str(exc):
+                            raise
+                        batch_size = int(batch_size * 0.9)
+            return run
+
+        return find_executable_batch_size, "x0.9 decay re-implemented (accelerate not installed)"
+
+
+def run_accelerate(w: Workload, decorate: Callable) -> tuple[int, int, float]:
+    start = 4096 if w.target < 4096 else 65536
+    calls: list[int] = []
+    spent = 0.0
+
+    def train(batch_size: int) -> int:
+        nonlocal spent
+        calls.append(batch_size)
+        if not w.fits(batch_size):
+            spent += step_seconds(batch_size) / 2
+            raise torch.OutOfMemoryError("CUDA out of memory. (simulated)")
+        spent += OURS_STEPS * step_seconds(batch_size)  # its first steps; the training goes on from here
+        return batch_size
+
+    found = decorate(train, starting_batch_size=start)()
+    return found, len(calls), spent
+
+
+def simulated() -> None:
+    decorate, accelerate_source = accelerate_decay()
+    print(f"Simulated: step = {STEP_S} s + {SAMPLE_S * 1e6:.0f} us x batch; oomdoctor process start {START_S:.1f} s; "
+          f"Lightning binsearch re-implemented; Accelerate: {accelerate_source}.")
+    header = f"{'workload':<18} {'method':<22} {'trials':>6} {'answer':>7} {'exact':>6} {'seconds':>8}"
+    print(header)
+    print("-" * len(header))
+    for kinked in (False, True):
+        for target in (30, 1000, 20000):
+            w = Workload(target, kinked)
+            name = f"{'kinked' if kinked else 'linear'}, max {target}"
+            rows = [("oomdoctor batch", run_oomdoctor(w)), ("find_batch_size", run_oomdoctor(w, start_s=0)),
+                    ("Lightning binsearch", run_lightning_binsearch(w)),
+                    ("Accelerate x0.9", run_accelerate(w, decorate))]
+            for method, (answer, trials, seconds) in rows:
+                exact = "yes" if answer == target else f"{answer / target:.0%}"
+                print(f"{name:<18} {method:<22} {trials:>6} {answer:>7} {exact:>6} {seconds:>8.1f}")
+                name = ""
+    print("exact: the answer is the largest size that fits; else the answer as a share of it.\n")
+
+
+def oomdoctor(*args: str, cwd: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(REPO), "COLUMNS": "120"}
+    return subprocess.run([sys.executable, "-m", "oomdoctor", *args], cwd=cwd, env=env, capture_output=True, text=True)
+
+
+def real() -> None:
+    recipe = str(REPO / "recipes" / "batch_mlp.py")
+    print("Real: oomdoctor batch --flag --batch-size --capacity SIZE recipes/batch_mlp.py --width 128 "
+          f"(CPU, simulated capacity; torch {torch.__version__})")
+    with tempfile.TemporaryDirectory() as folder:
+        started = time.perf_counter()
+        plain = subprocess.run([sys.executable, recipe, "--width", "128"], capture_output=True, text=True)
+        print(f"  the recipe alone (python, 3 steps of 1024): {time.perf_counter() - started:.1f} s, exit {plain.returncode}")
+        for capacity in ("1.5MB", "8MiB"):
+            path = os.path.join(folder, "batch.json")
+            started = time.perf_counter()
+            done = oomdoctor("batch", "--flag", "--batch-size", "--capacity", capacity, "--json", path, recipe,
+                             "--width", "128", cwd=folder)
+            wall = time.perf_counter() - started
+            if done.returncode != 0:
+                print(done.stdout + done.stderr)
+                raise SystemExit(f"oomdoctor batch failed (exit {done.returncode})")
+            data = json.loads(Path(path).read_text())
+            best = data["max_batch_size"]
+            measured = [t for t in data["trials"] if t["source"] == "measured"]
+            check = {b: oomdoctor("run", "--quiet", "--steps", "2", "--capacity", capacity, recipe, "--width", "128",
+                                  "--batch-size", str(b), cwd=folder).returncode for b in (best, best + 1)}
+            verdict = "exact" if check == {best: 0, best + 1: 1} else f"NOT exact: {check}"
+            sizes = ", ".join(f"{t['batch_size']}{'' if t['fits'] else ' OOM'}" for t in measured)
+            print(f"  --capacity {capacity:>6}: max {best} ({verdict}), recommended {data['recommended_batch_size']}; "
+                  f"{len(measured)} trials [{sizes}], {sum(t['seconds'] for t in measured):.1f} s in trials, "
+                  f"{wall:.1f} s wall; model {data['prediction']['model'] if data['prediction'] else '-'}")
+
+
+if __name__ == "__main__":
+    simulated()
+    if "--no-real" not in sys.argv:
+        real()

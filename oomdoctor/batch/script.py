@@ -1,0 +1,132 @@
+"""Batch-size trials of a script: each one a fresh `python -m oomdoctor run` process.
+
+Contract: `ScriptTrials(script, args, flag, steps, capacity)` is the `trial` function of
+`search.search`: calling it with a batch size runs
+
+    python -m oomdoctor run --quiet --json TMP --steps K [--capacity C] SCRIPT ARGS (FLAG set to b)
+
+and reads the report. A fresh process per trial isolates trials completely (no cached blocks, no
+leftover tensors, no state from the previous size). A run fits when it exits 0 without an
+exception; it does not fit when its exception is an out-of-memory error. Anything else (a bug in
+the script, a flag it does not take, no optimizer step at all) is not an answer: it stops the
+search with the script's own stderr shown and an `OomdoctorError`.
+"""
+from __future__ import annotations
+
+import ast
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from typing import Any
+
+from ..errors import BadInput, OomdoctorError
+from ..oom import oom_family
+from .search import Trial
+
+
+class ScriptTrials:
+    def __init__(self, script: str, args: list[str], flag: str, steps: int, capacity: int | None):
+        self.script, self.args, self.flag = script, list(args), flag
+        self.steps, self.capacity = steps, capacity
+        self.reports: dict[int, dict[str, Any]] = {}  # batch size -> its report, as JSON data
+        self.on_trial = None  # called with each Trial as it completes (progress lines)
+
+    def __call__(self, batch_size: int) -> Trial:
+        report, code, stderr, seconds = self.run(batch_size, self.capacity)
+        self.reports[batch_size] = report
+        exception = (report.get("exit") or {}).get("exception")
+        capacity = (report.get("device") or {}).get("capacity_bytes")
+        if exception and (exception.startswith("OutOfMemoryError") or oom_family(exception)):
+            trial = Trial(batch_size, False, report.get("peak_bytes"), seconds, capacity_bytes=capacity)
+        elif code == 0 and not exception:
+            if not report.get("steps_total"):
+                _show(stderr)
+                raise OomdoctorError(
+                    f"{self.script} ended without an optimizer step at batch size {batch_size}: oomdoctor batch "
+                    f"measures training steps (optimizer.step()); does the script train with these arguments?")
+            trial = Trial(batch_size, True, report.get("peak_bytes"), seconds, capacity_bytes=capacity)
+        else:
+            _show(stderr)
+            if code == 2 and not exception and self.flag in stderr:
+                raise BadInput(f"{self.script} does not take {self.flag} {batch_size}: {_last_line(stderr)}")
+            what = exception or f"exit code {code}"
+            raise OomdoctorError(f"{self.script} failed at batch size {batch_size} with {what[:200]}; that is not "
+                                 f"an out-of-memory error, so the search stopped (its output is above)")
+        if self.on_trial is not None:
+            self.on_trial(trial)
+        return trial
+
+    def run(self, batch_size: int, capacity: int | None) -> tuple[dict[str, Any], int, str, float]:
+        """One run of the script at `batch_size`: (report, exit code, stderr, seconds)."""
+        with tempfile.TemporaryDirectory(prefix="oomdoctor-batch-") as folder:
+            path = os.path.join(folder, "report.json")
+            command = [sys.executable, "-m", "oomdoctor", "run", "--quiet", "--json", path, "--steps", str(self.steps)]
+            if capacity is not None:
+                command += ["--capacity", str(capacity)]
+            command += [self.script, *with_flag(self.args, self.flag, batch_size)]
+            started = time.perf_counter()
+            done = subprocess.run(command, stdin=subprocess.DEVNULL, capture_output=True, text=True, errors="replace")
+            seconds = round(time.perf_counter() - started, 3)
+            try:
+                with open(path, encoding="utf-8") as f:
+                    report = json.load(f)
+            except (OSError, ValueError):
+                _show(done.stderr)
+                raise OomdoctorError(f"{self.script} at batch size {batch_size} left no report (exit code "
+                                     f"{done.returncode}); its output is above") from None
+        return report, done.returncode, done.stderr, seconds
+
+
+def with_flag(args: list[str], flag: str, value: int) -> list[str]:
+    """`args` with `flag` set to `value`: replaced where it is (`--flag V` or `--flag=V`), else
+    appended."""
+    out: list[str] = []
+    replaced = False
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        if arg == flag or arg.startswith(flag + "="):
+            if not replaced:
+                out += [flag, str(value)]
+                replaced = True
+            i += 1 if "=" in arg else 2
+            continue
+        out.append(arg)
+        i += 1
+    return out if replaced else out + [flag, str(value)]
+
+
+def current_batch_size(script: str, args: list[str], flag: str) -> int | None:
+    """The batch size the script would use: `flag` in `args`, else the literal `default=` of an
+    `add_argument(flag, ...)` call in the script's source, else None."""
+    for i, arg in enumerate(args):
+        if arg == flag or arg.startswith(flag + "="):
+            text = arg[len(flag) + 1:] if "=" in arg else (args[i + 1] if i + 1 < len(args) else "")
+            return int(text) if text.isdigit() else None
+    try:
+        with open(script, "rb") as f:
+            tree = ast.parse(f.read())
+    except (OSError, SyntaxError, ValueError):
+        return None
+    for node in ast.walk(tree):
+        if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "add_argument"
+                and any(isinstance(a, ast.Constant) and a.value == flag for a in node.args)):
+            for keyword in node.keywords:
+                if keyword.arg == "default" and isinstance(keyword.value, ast.Constant):
+                    value = keyword.value.value
+                    return value if isinstance(value, int) and not isinstance(value, bool) else None
+    return None
+
+
+def _show(stderr: str) -> None:
+    if stderr:
+        sys.stderr.write(stderr if stderr.endswith("\n") else stderr + "\n")
+        sys.stderr.flush()
+
+
+def _last_line(text: str) -> str:
+    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+    return lines[-1] if lines else ""

@@ -1,0 +1,178 @@
+"""`oomdoctor batch`: the largest batch size that fits, for a script that takes it as a flag.
+
+Trials run the script's first optimizer steps in fresh processes (batch/script.py); the search
+(batch/search.py) decides where. The result goes to stdout (a table and the answer), progress to
+stderr, the machine form (`oomdoctor.batch/1`) to `--json`. Exit 0 with an answer, 1 when even
+`--min` does not fit, 2 for bad input or a script that fails for another reason than memory.
+"""
+from __future__ import annotations
+
+import json as json_module
+import math
+import re
+import sys
+from pathlib import Path
+from typing import Any, List, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from ..batch.script import ScriptTrials, current_batch_size
+from ..batch.search import DEFAULT_HIGH, BatchResult, Trial, search
+from ..errors import BadInput, NothingFits
+from ..report.json import check_writable
+from ..runner import Target, check_target
+from ..sizes import format_bytes, parse_size
+from ._app import app
+
+
+@app.command(context_settings={"allow_interspersed_args": False, "ignore_unknown_options": True})
+def batch(
+    script: Optional[str] = typer.Argument(None, metavar="SCRIPT", help="Training script taking its batch size as FLAG."),
+    args: Optional[List[str]] = typer.Argument(None, metavar="[ARGS]...", help="Arguments for the script."),
+    flag: str = typer.Option(..., "--flag", metavar="NAME", help="The script's batch-size flag, e.g. --batch-size."),
+    capacity: Optional[str] = typer.Option(
+        None, "--capacity", metavar="SIZE",
+        help="Search for a device of SIZE bytes (e.g. 16GiB); needed without a GPU. Default: the GPU's memory."),
+    low: int = typer.Option(1, "--min", min=1, metavar="N", help="Smallest batch size to consider."),
+    high: int = typer.Option(DEFAULT_HIGH, "--max", min=1, metavar="N", help="Largest batch size to consider."),
+    steps: int = typer.Option(2, "--steps", min=2, metavar="K",
+                              help="Optimizer steps per trial (2 or more: optimizer state appears at the first)."),
+    margin: float = typer.Option(10.0, "--margin", metavar="PCT",
+                                 help="Capacity share the recommendation keeps free, in %."),
+    json: Optional[str] = typer.Option(None, "--json", metavar="PATH", help="Write the result as JSON."),
+) -> int:
+    """Find the largest batch size that fits, and a recommended one with headroom.
+
+    Runs the first K optimizer steps of SCRIPT at a few batch sizes (FLAG set to each), one fresh
+    process per trial, fits peak memory against the batch size, predicts the largest size that
+    fits and confirms it with real trials.
+    """
+    args = list(args or [])
+    if script is None:
+        raise BadInput("give the training script to search, e.g. oomdoctor batch --flag --batch-size train.py")
+    if not flag.startswith("-"):
+        raise BadInput(f"--flag takes the script's option as typed, with its dashes (e.g. --{flag}), got {flag!r}")
+    if low > high:
+        raise BadInput(f"--min {low} is larger than --max {high}")
+    if not 0 <= margin < 100:
+        raise BadInput(f"--margin is a percentage in [0, 100), got {margin:g}")
+    size = parse_size(capacity) if capacity is not None else None
+    if size is None and not _has_gpu():
+        raise BadInput("no GPU here: give --capacity SIZE (e.g. 16GiB) to search against a simulated device")
+    if json:
+        check_writable(json)
+    check_target(Target(script, None, args))
+
+    trials = ScriptTrials(script, args, flag, steps, size)
+    trials.on_trial = _progress
+    result = search(trials, low=low, high=high, capacity=size, margin=margin / 100)
+    console = Console(file=sys.stdout, width=_width(), highlight=False)
+    console.print(_table(result))
+    if result.max_batch_size is None:
+        raise NothingFits(_nothing_fits(result, trials.reports.get(low, {})))
+
+    current = current_batch_size(script, args, flag)
+    accumulation = _accumulation(current, result.recommended_batch_size)
+    for line in _summary(result, flag, current, accumulation):
+        console.print(line)
+    if json:
+        data = {**result.to_dict(), "script": script, "flag": flag, "steps": steps,
+                "current_batch_size": current, "accumulation": accumulation}
+        Path(json).write_text(json_module.dumps(data, indent=2) + "\n", encoding="utf-8")
+    return 0
+
+
+def _has_gpu() -> bool:
+    import torch
+
+    try:
+        return torch.cuda.is_available()
+    except Exception:
+        return False
+
+
+def _progress(trial: Trial) -> None:
+    outcome = f"fits, peak {format_bytes(trial.peak_bytes)}" if trial.fits else "out of memory"
+    print(f"oomdoctor: batch size {trial.batch_size}: {outcome} ({trial.seconds:.1f} s)", file=sys.stderr, flush=True)
+
+
+def _table(result: BatchResult) -> Table:
+    table = Table(title="oomdoctor batch: trials", title_justify="left")
+    for name in ("batch size", "fits", "peak", "seconds", "source"):
+        table.add_column(name, justify="right" if name in ("batch size", "peak", "seconds") else "left")
+    for t in sorted(result.trials, key=lambda t: t.batch_size):
+        peak = format_bytes(t.peak_bytes) if t.fits else f"> {format_bytes(result.capacity_bytes)}" if result.capacity_bytes else "-"
+        if t.source == "predicted":
+            peak = f">= {format_bytes(t.peak_bytes)}"
+        table.add_row(str(t.batch_size), "yes" if t.fits else "OOM", peak,
+                      "-" if t.seconds is None else f"{t.seconds:.1f}", t.source)
+    return table
+
+
+def _summary(result: BatchResult, flag: str, current: int | None, accumulation: dict[str, int] | None) -> list[str]:
+    best, recommended, cap = result.max_batch_size, result.recommended_batch_size, result.capacity_bytes
+    lines = []
+    if result.all_fit:
+        lines.append(f"Every batch size up to --max {best} fits: {best} is the answer here, and more may fit "
+                     f"(raise --max to look further).")
+    else:
+        lines.append(f"Largest batch size that fits: [bold]{best}[/bold] ({best} fits, {best + 1} does not, "
+                     f"{result.measured_trials} trials run).")
+    peak = result.peak_at(recommended)
+    if cap is None or peak is None:
+        lines.append(f"Recommended: [bold]{recommended}[/bold].")
+    elif peak <= cap * (1 - result.margin):
+        lines.append(f"Recommended: [bold]{recommended}[/bold] (peak {format_bytes(peak)}: keeps at least "
+                     f"{result.margin:.0%} of {format_bytes(cap)} free, for fragmentation and longer inputs).")
+    else:
+        lines.append(f"Recommended: [bold]{recommended}[/bold], the smallest size: even it leaves only "
+                     f"{format_bytes(cap - peak)} of {format_bytes(cap)} free, less than the {result.margin:.0%} margin.")
+    if result.curve is not None:
+        c = result.curve
+        bend = f" + {format_bytes(float(c.quadratic))} x batch^2" if c.quadratic else ""
+        lines.append(f"Memory model ({c.model}, near the maximum): {format_bytes(float(c.fixed))} + "
+                     f"{format_bytes(float(c.per_sample))} x batch{bend}.")
+    if accumulation is not None:
+        lines.append(f"The script's batch size is {current}: run it with {flag} {accumulation['micro_batch_size']} and "
+                     f"accumulate gradients over {accumulation['steps']} micro-batches to keep an effective batch of "
+                     f"{accumulation['effective_batch_size']}.")
+    return lines
+
+
+def _accumulation(current: int | None, recommended: int | None) -> dict[str, int] | None:
+    """Micro-batch and steps keeping the effective batch `current`, when `recommended` is smaller:
+    an exact divisor of `current` where one is close, else the ceiling (a slightly larger batch)."""
+    if current is None or recommended is None or recommended >= current:
+        return None
+    least = math.ceil(current / recommended)
+    steps = next((k for k in range(least, 2 * least + 1) if current % k == 0), least)
+    micro = math.ceil(current / steps)
+    return {"micro_batch_size": micro, "steps": steps, "effective_batch_size": micro * steps}
+
+
+def _nothing_fits(result: BatchResult, report: dict[str, Any]) -> str:
+    low, cap = result.low, result.capacity_bytes
+    message = f"even batch size {low} does not fit" + (f" in {format_bytes(cap)}" if cap else "")
+    categories = report.get("peak_by_category") or {}
+    fixed = sum(categories.get(k, 0) for k in ("parameters", "gradients", "optimizer_state"))
+    if fixed:
+        message += (f": parameters, gradients and optimizer state alone take {format_bytes(fixed)} "
+                    f"({fixed / cap:.0%} of it)" if cap else f": the fixed part takes {format_bytes(fixed)}")
+    elif report.get("peak_bytes"):
+        parts = ", ".join(f"{k.replace('_', ' ')} {format_bytes(v)}" for k, v in categories.items() if v)
+        message += f": {format_bytes(report['peak_bytes'])} was live ({parts})"
+    tried = re.search(r"Tried to allocate ([0-9.]+ \w+)", (report.get("exit") or {}).get("exception") or "")
+    if tried:
+        message += f"; it failed asking for {tried.group(1)} more"
+    return message + "; a smaller model, mixed precision or a larger device is needed"
+
+
+def _width() -> int:
+    import os
+
+    try:
+        return int(os.environ.get("COLUMNS", "")) or 100
+    except ValueError:
+        return 100

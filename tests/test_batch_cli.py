@@ -1,0 +1,155 @@
+"""`oomdoctor batch`: real runs of the command, each trial a real `oomdoctor run` subprocess.
+
+The device is the CPU with a simulated capacity (`--capacity`): the ledger raises a real
+`torch.OutOfMemoryError` past it, as a GPU of that size would.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+
+from conftest import REPO, RECIPES, run_cli
+
+RECIPE = str(RECIPES / "batch_mlp.py")
+# A width-128 MLP in 1.5 MB: the largest batch lies where memory is a straight line, in reach of
+# two probes and one confirmation.
+SEARCH = ("batch", "--flag", "--batch-size", "--capacity", "1.5MB")
+
+
+def _error_line(result, code: int) -> str:
+    assert result.returncode == code, result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.startswith("oomdoctor: error: ")]
+    assert len(lines) == 1, result.stderr
+    return lines[0]
+
+
+def test_finds_the_exact_largest_batch_size_and_one_with_headroom(tmp_path):
+    result = run_cli(*SEARCH, "--json", "batch.json", RECIPE, "--width", "128", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    data = json.loads((tmp_path / "batch.json").read_text())
+    best, recommended = data["max_batch_size"], data["recommended_batch_size"]
+
+    # THEN the largest size fits, measured, and the next one does not: measured or predicted,
+    # and a prediction holds when the script runs at that size
+    trials = {t["batch_size"]: t for t in data["trials"]}
+    assert trials[best]["fits"] and trials[best]["source"] == "measured"
+    assert not trials[best + 1]["fits"]
+    if trials[best + 1]["source"] == "predicted":
+        check = run_cli("run", "--quiet", "--steps", "2", "--capacity", "1.5MB", RECIPE, "--width", "128",
+                        "--batch-size", str(best + 1), cwd=tmp_path)
+        assert check.returncode == 1 and "OutOfMemoryError" in check.stderr
+    assert data["measured_trials"] <= 6
+
+    # AND the recommendation keeps 10 % of the capacity free
+    assert data["schema"] == "oomdoctor.batch/1" and data["capacity_bytes"] == 1_500_000
+    assert recommended < best
+    assert data["prediction"]["model"] in ("linear", "quadratic") and data["prediction"]["per_sample_bytes"] > 0
+
+    # AND since the script's own batch size (its argparse default, 1024) does not fit, the
+    # gradient accumulation that keeps an effective batch of 1024
+    assert data["current_batch_size"] == 1024
+    acc = data["accumulation"]
+    assert acc["micro_batch_size"] <= recommended and acc["micro_batch_size"] * acc["steps"] == 1024
+
+    out = result.stdout
+    assert f"Largest batch size that fits: {best} ({best} fits, {best + 1} does not" in out
+    assert f"Recommended: {recommended} (peak" in out
+    assert f"run it with --batch-size {acc['micro_batch_size']} and accumulate gradients over {acc['steps']}" in out
+    for size in trials:
+        assert f"│ {size:>10} │" in out  # one table row per trial
+    assert "oomdoctor: batch size 1: fits" in result.stderr  # progress while it runs
+
+
+# Scripts that fail in the ways a search must not mistake for "does not fit".
+SCRIPTS = {
+    "no_flag.py": """
+        import argparse
+        parser = argparse.ArgumentParser()
+        parser.add_argument("--bs", type=int, default=8)
+        parser.parse_args()
+    """,
+    "broken.py": """
+        import argparse
+        parser = argparse.ArgumentParser()
+        parser.add_argument("--batch-size", type=int)
+        args = parser.parse_args()
+        raise ValueError(f"cannot shard {args.batch_size} samples")
+    """,
+    "no_step.py": """
+        import argparse
+        parser = argparse.ArgumentParser()
+        parser.add_argument("--batch-size", type=int)
+        print(parser.parse_args().batch_size)
+    """,
+}
+EDGE_CASES = {
+    "nothing_fits": ("batch", "--flag", "--batch-size", "--capacity", "512KB", RECIPE, "--width", "128"),
+    "all_fit": ("batch", "--flag", "--batch-size", "--capacity", "1GiB", "--min", "4", "--max", "4", RECIPE,
+                "--width", "128"),
+    "no_flag": (*SEARCH, "no_flag.py"),
+    "broken": (*SEARCH, "broken.py"),
+    "no_step": (*SEARCH, "no_step.py"),
+    "one_step": ("batch", "--flag", "--batch-size", "--steps", "1", "--capacity", "1MB", RECIPE),
+    "no_capacity": ("batch", "--flag", "--batch-size", RECIPE),
+}
+
+
+@pytest.fixture(scope="module")
+def edge(tmp_path_factory) -> dict[str, subprocess.CompletedProcess]:
+    """The edge cases' `oomdoctor batch` runs, started together: each is mostly process start-up
+    (importing torch), so side by side they take about as long as the slowest one."""
+    folder = tmp_path_factory.mktemp("batch-edge")
+    for name, source in SCRIPTS.items():
+        (folder / name).write_text(textwrap.dedent(source))
+    env = {**os.environ, "COLUMNS": "100", "PYTHONPATH": str(REPO)}
+    started = {name: subprocess.Popen([sys.executable, "-m", "oomdoctor", *args], cwd=folder, env=env, text=True,
+                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+               for name, args in EDGE_CASES.items()}
+    done = {}
+    for name, process in started.items():
+        out, err = process.communicate(timeout=300)
+        done[name] = subprocess.CompletedProcess(process.args, process.returncode, out, err)
+    return done
+
+
+def test_even_the_smallest_batch_not_fitting_exits_1_with_what_the_model_needs(edge):
+    line = _error_line(edge["nothing_fits"], 1)
+    assert "even batch size 1 does not fit in 500.00 KiB" in line
+    assert "Traceback" not in edge["nothing_fits"].stderr  # an OOM is an answer, not a failure to show
+
+
+def test_everything_up_to_max_fitting_says_more_may_fit(edge):
+    result = edge["all_fit"]
+    assert result.returncode == 0, result.stderr
+    assert "Every batch size up to --max 4 fits: 4 is the answer here, and more may fit" in result.stdout
+
+
+def test_a_script_without_the_flag_is_a_clear_error_naming_it(edge):
+    line = _error_line(edge["no_flag"], 2)
+    assert "does not take --batch-size" in line and "unrecognized arguments" in line
+
+
+def test_a_script_error_is_shown_and_never_taken_for_out_of_memory(edge):
+    line = _error_line(edge["broken"], 2)
+    assert "failed at batch size 1 with ValueError: cannot shard 1 samples" in line
+    assert 'raise ValueError(f"cannot shard' in edge["broken"].stderr  # the script's own traceback
+
+
+def test_a_script_that_never_steps_an_optimizer_is_a_clear_error(edge):
+    assert "ended without an optimizer step" in _error_line(edge["no_step"], 2)
+
+
+def test_one_step_per_trial_is_refused(edge):
+    # The optimizer's state appears at its first step: a single step would miss it.
+    assert "--steps" in _error_line(edge["one_step"], 2)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="asserts the answer on a machine without a GPU")
+def test_without_a_gpu_a_capacity_is_required(edge):
+    assert "give --capacity" in _error_line(edge["no_capacity"], 2)

@@ -1,0 +1,145 @@
+"""`find_batch_size(fn)` and `@auto_batch_size`: the search in-process, on real PyTorch training.
+
+The device is the CPU with oomdoctor's simulated capacity: a real `torch.OutOfMemoryError` is
+raised when live tensors would pass it, exactly as on a GPU of that size.
+"""
+from __future__ import annotations
+
+import gc
+
+import pytest
+import torch
+from torch import nn
+
+import oomdoctor
+from oomdoctor.batch import auto_batch_size, find_batch_size
+from oomdoctor.errors import BadInput, NothingFits
+
+MIB = 1024 * 1024
+
+
+def train(batch_size: int, steps: int = 1000, log: list | None = None) -> float:
+    """A whole training run: stopped by the search after its first steps."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(64, 256), nn.ReLU(), nn.Linear(256, 10))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    for _ in range(steps):
+        x, y = torch.randn(batch_size, 64), torch.randint(0, 10, (batch_size,))
+        loss = nn.functional.cross_entropy(model(x), y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if log is not None:
+            log.append(batch_size)
+        optimizer.step()
+    return loss.item()
+
+
+def fits(batch_size: int, capacity: int) -> bool:
+    """Independent check: two steps of `train` under the simulated capacity."""
+    try:
+        with oomdoctor.track(capacity=capacity, quiet=True):
+            train(batch_size, steps=2)
+    except torch.OutOfMemoryError:
+        return False
+    return True
+
+
+def live_tensor_bytes() -> int:
+    """Bytes of every tensor storage reachable in this process, each storage once."""
+    gc.collect()
+    storages = {}
+    for obj in gc.get_objects():
+        if issubclass(type(obj), torch.Tensor):  # type(): no attribute lookups on lazy proxies
+            storage = obj.untyped_storage()
+            storages[storage.data_ptr()] = storage.nbytes()
+    return sum(storages.values())
+
+
+@pytest.fixture(scope="module")
+def searched():
+    """One search of `train` in 2 MiB, with what it ran and the live tensor bytes around it."""
+    log: list[int] = []
+    before = live_tensor_bytes()
+    result = find_batch_size(lambda b: train(b, log=log), capacity=2 * MIB, steps=2)
+    return result, log, before, live_tensor_bytes()
+
+
+def test_finds_the_exact_largest_batch_size_in_a_few_trials(searched):
+    result = searched[0]
+    best = result.max_batch_size
+    assert fits(best, 2 * MIB) and not fits(best + 1, 2 * MIB)
+    assert result.measured_trials <= 8
+    assert result.recommended_batch_size < best
+    assert result.trial(best).fits and result.trial(best).source == "measured"
+
+
+def test_each_trial_stops_after_its_steps(searched):
+    # GIVEN a function that would train for 1000 steps: every trial that fits ran 2 of them
+    result, log = searched[:2]
+    for trial in result.trials:
+        if trial.fits and trial.source == "measured":
+            assert log.count(trial.batch_size) == 2
+
+
+def test_the_memory_of_failed_trials_is_given_back(searched):
+    # Measured: bytes of all live tensor storages (gc scan), before and after a search in which
+    # trials ran out of memory half-way through a step, with their tensors in the traceback.
+    result, _, before, after = searched
+    assert any(not t.fits and t.source == "measured" for t in result.trials)
+    assert after == before
+
+
+def test_an_error_other_than_out_of_memory_is_raised_unchanged():
+    def broken(batch_size: int) -> float:
+        if batch_size > 64:
+            raise ValueError("labels and logits disagree")
+        return train(batch_size)
+
+    with pytest.raises(ValueError, match="labels and logits disagree"):
+        find_batch_size(broken, capacity=2 * MIB)
+
+
+def test_nothing_fitting_says_what_was_live():
+    with pytest.raises(NothingFits) as caught:
+        find_batch_size(train, capacity=64 * 1024)
+    message = str(caught.value)
+    assert message.startswith("even batch size 1 does not fit in 64.00 KiB; live at the failure:")
+    assert caught.value.exit_code == 1
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="asserts the answer on a machine without a GPU")
+def test_without_a_gpu_a_capacity_is_required():
+    with pytest.raises(BadInput, match="capacity="):
+        find_batch_size(train)
+
+
+def test_auto_batch_size_trains_at_the_recommended_size():
+    calls: list[int] = []
+
+    @auto_batch_size(capacity=2 * MIB)
+    def run(batch_size: int, steps: int) -> int:
+        calls.append(batch_size)
+        train(batch_size, steps=steps)
+        return batch_size
+
+    used = run(steps=3)
+    assert used == run.batch_size == run.result.recommended_batch_size
+    assert calls[-1] == used  # the full run came last, after the trials
+    assert run(steps=3) == used and calls.count(used) >= 2  # later calls reuse the answer, no new search
+
+
+def test_auto_batch_size_retries_smaller_when_the_full_run_runs_out():
+    # GIVEN a run whose evaluation, after training, holds 32 KiB per sample: more memory than the
+    # trials' first steps needed. Under `track(capacity=...)` the trials join the session and fit
+    # or not under its capacity, and so does the full run.
+    @auto_batch_size(low=16, high=64)
+    def run(batch_size: int) -> int:
+        train(batch_size, steps=3)
+        logits = torch.randn(batch_size, 8192)
+        return logits.shape[0]
+
+    with oomdoctor.track(capacity=int(1.5 * MIB), quiet=True):
+        used = run()
+    # THEN the first full run ran out of memory and a smaller size finished it
+    assert run.result.max_batch_size == 64
+    assert used == run.batch_size < run.result.recommended_batch_size
