@@ -79,13 +79,21 @@ _MODULE_MOVES = frozenset({"to", "cuda", "cpu", "half", "float", "double", "bflo
                            "requires_grad_"})
 _LIGHTNING_NO_GRAD = frozenset({"validation_step", "test_step", "predict_step"})
 
-_LOSS_NAME = re.compile(r"loss|criterion|^crit$|cross_entropy|kl_div", re.I)
+# Callee names: the thing named is the last word (`text_encoder`, `compute_loss`); a first word that
+# is a verb names an action on it instead (`unwrap_model`, `build_loss`, `log_loss`).
+_LOSS_NAME = re.compile(r"(loss|losses|criterion|crit|cross_entropy(_with_logits)?|kl_div|loss_?fn|loss_func|"
+                        r"loss_function)$", re.I)
+_MODEL_NAME = re.compile(r"(?i:(model|net|encoder|decoder|generator|discriminator|backbone|classifier|critic|"
+                         r"policy)\w?$)|^[GD]$")
+_VERB = re.compile(r"^_*(get|build|make|create|load|save|init|setup|set|wrap|unwrap|prepare|freeze|unfreeze|copy|"
+                   r"clone|move|convert|compile|register|export|update|patch|replace|reset|apply|fuse|quantize|"
+                   r"prune|restore|sync|broadcast|to|from|check|is|has|print|log|plot|show|summarize|count|"
+                   r"find|fetch|download|instantiate|define|new|configure|attach|enable|disable|dump|write|read|"
+                   r"parse|train|fit|run|eval|evaluate|test|validate)_", re.I)
 _NOT_A_LOSS_VALUE = re.compile(r"(fn|func|function|weights?|scale|scaler|type|names?|cfg|config)$", re.I)
-_MODEL_NAME = re.compile(r"(?i:model|net|encoder|decoder|generator|discriminator|backbone|classifier|critic|"
-                         r"policy)|^[GD]$")
-_FACTORY = re.compile(r"^(get|build|make|create|load|init|setup|define|new)_", re.I)
 _EVAL_NAME = re.compile(r"(^|_)(eval|evaluate|evaluation|valid|validate|validation|val|predict|prediction|"
                         r"infer|inference|test|testing)(_|$)", re.I)
+_TRAIN_NAME = re.compile(r"(^|_)train(ing)?(_|$)", re.I)
 _TRAIN_CALL = re.compile(r"^(train(ing)?_(step|batch|on_batch|iteration)|fit_batch)$")
 
 _KEEP = object()  # a `with` item that does not change grad mode
@@ -104,8 +112,7 @@ def lint_source(source: str, file: str = "<string>") -> list[LintFinding]:
         findings = facts.analyse()
     except RecursionError:
         raise BadInput(f"{file}: code nested too deeply to analyse") from None
-    lines = source.splitlines()
-    kept = [f for f in findings if "oomdoctor: ignore" not in (lines[f.line - 1] if f.line <= len(lines) else "")]
+    kept = [f for f in findings if "oomdoctor: ignore" not in facts.lines[f.line - 1]]
     return sorted(kept, key=lambda f: (f.line, f.kind))
 
 
@@ -230,7 +237,7 @@ def _grad_effect(node: ast.AST):
     """What `with node:` or `@node` does to grad mode: False, True, None (decided at run time) or _KEEP."""
     call = node if isinstance(node, ast.Call) else None
     name = _name(call.func if call else node)
-    if name in ("no_grad", "inference_mode"):
+    if "no_grad" in name or name.startswith("inference"):  # also a stored `inference_context()`
         return _KEEP if call and _is_false(_first_arg(call)) else False  # inference_mode(False) is a no-op
     if name == "enable_grad":
         return True
@@ -254,14 +261,19 @@ class _FileFacts:
     def __init__(self, tree: ast.Module, source: str, file: str):
         self.tree, self.file = tree, file
         self.source_bytes = source.encode("utf-8")
+        # Lines as the parser counts them (str.splitlines would also split at form feeds), and where
+        # each starts in UTF-8 bytes: ast column offsets count bytes.
+        raw_lines = self.source_bytes.splitlines(keepends=True)
+        self.lines = [line.decode("utf-8").rstrip("\r\n") for line in raw_lines] + [""]
         self.line_starts = [0]
-        for line in self.source_bytes.splitlines(keepends=True):
+        for line in raw_lines:
             self.line_starts.append(self.line_starts[-1] + len(line))
         base = Path(file).name
         self.is_test_file = base.startswith("test_") or base.endswith("_test.py") or base == "conftest.py"
+        self.nodes = list(ast.walk(tree))
         self.functions: dict[str, list[ast.FunctionDef]] = {}
         self.classes: dict[str, ast.ClassDef] = {}
-        for node in ast.walk(tree):
+        for node in self.nodes:
             if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
                 self.functions.setdefault(node.name, []).append(node)
             elif isinstance(node, ast.ClassDef):
@@ -275,12 +287,12 @@ class _FileFacts:
         self._step_loops: dict[int, bool] = {}
 
     def analyse(self) -> list[LintFinding]:
-        scopes = self._scopes(self.tree, [], None)
+        scopes = [_Scope(self, node, qual, cls) for node, qual, cls in self._scopes(self.tree, [], None)]
         for _ in range(2):  # the first round learns which local functions return a graph
-            results = [_Scope(self, node, qual, cls).run() for node, qual, cls in scopes]
-            self.returns_graph = {node.name for (node, _q, _c), scope in zip(scopes, results)
-                                  if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and scope.returns_graph}
-        return [f for scope in results for f in scope.findings.values()]
+            for scope in scopes:
+                scope.run()
+            self.returns_graph = {scope.node.name for scope in scopes if scope.returns_graph}
+        return [f for scope in scopes for f in scope.findings.values()]
 
     def _scopes(self, node, prefix: list[str], cls: ast.ClassDef | None) -> list:
         """(node, qualified name, class of a method) for the module and every function in it."""
@@ -319,7 +331,7 @@ class _FileFacts:
     def _modules(self) -> tuple[set[str], set[str]]:
         modules: set[str] = set()
         for _ in range(2):  # `m = model.to(device)` needs `model` known first
-            for node in ast.walk(self.tree):
+            for node in self.nodes:
                 if isinstance(node, (ast.Assign, ast.AnnAssign)) and node.value is not None:
                     if self.is_module_ctor(node.value, modules):
                         targets = node.targets if isinstance(node, ast.Assign) else [node.target]
@@ -328,20 +340,23 @@ class _FileFacts:
                         node.func.attr in _MODULE_MARKERS and _key(node.func.value):
                     modules.add(_key(node.func.value))
         losses = {k for k in modules if _LOSS_NAME.search(k.split(".")[-1])}
-        for node in ast.walk(self.tree):  # `ce = nn.CrossEntropyLoss()`: a loss, whatever its name
+        for node in self.nodes:  # `ce = nn.CrossEntropyLoss()`: a loss, whatever its name
             if isinstance(node, ast.Assign) and isinstance(node.value, ast.Call) and \
                     _LOSS_NAME.search(_name(node.value.func)) and _name(node.value.func)[:1].isupper():
                 losses.update(k for t in node.targets for k in _target_keys(t))
         return modules - losses, losses
 
     def _does_backward(self) -> set[str]:
-        found: set[str] = set()
-        for _ in range(3):
-            for name, defs in self.functions.items():
-                if any(isinstance(n, ast.Call) and (_is_backward_call(n) or _name(n.func) in found)
-                       for d in defs for n in _walk(d.body)):
-                    found.add(name)
-        return found
+        """Local functions that back-propagate, themselves or through the local functions they call."""
+        calls = {name: [n for d in defs for n in _walk(d.body) if isinstance(n, ast.Call)]
+                 for name, defs in self.functions.items()}
+        found = {name for name, cs in calls.items() if any(_is_backward_call(c) for c in cs)}
+        callees = {name: {_name(c.func) for c in cs} for name, cs in calls.items()}
+        while True:
+            more = {name for name, names in callees.items() if names & found} - found
+            if not more:
+                return found
+            found |= more
 
     def _no_grad_functions(self) -> set[str]:
         """Local functions every call site of which runs under no_grad (syntactically)."""
@@ -369,7 +384,7 @@ class _FileFacts:
     def _shrunk(self) -> set[str]:
         """Holders that something removes entries from, anywhere in the file."""
         out: set[str] = set()
-        for node in ast.walk(self.tree):
+        for node in self.nodes:
             if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr in _SHRINKS:
                 out.add(_holder(node.func.value) or "")
             elif isinstance(node, ast.Delete):
@@ -418,18 +433,24 @@ class _Scope:
         self.facts, self.node, self.qualname = facts, node, qualname
         is_function = isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))
         name = node.name if is_function else ""
-        self.assigned = {k for n in _walk(node.body) for k in self._bound_keys(n)}
+        nodes = _walk(node.body)
+        self.assigned = {k for n in nodes for k in self._bound_keys(n)}
         self.params = {a.arg for a in ast.walk(node.args) if isinstance(a, ast.arg)} if is_function else set()
         self.is_module_method = cls is not None and cls.name in facts.module_classes
-        self.feeds_backward = self._feeds_backward(node.body)
-        self.eval_named = bool(_EVAL_NAME.search(name)) and not (facts.is_test_file and name.startswith("test"))
-        self.grad: bool | None = True  # None: decided at run time (set_grad_enabled(flag))
+        self.feeds_backward = self._feeds_backward(nodes)
+        self.eval_named = bool(_EVAL_NAME.search(name)) and not _TRAIN_NAME.search(name) and \
+            not (facts.is_test_file and name.startswith("test"))
+        self.start_grad: bool | None = True  # grad mode; None: decided at run time (set_grad_enabled(flag))
         if is_function and (any(_grad_effect(d) is False for d in node.decorator_list)
                             or name in facts.no_grad_functions):
-            self.grad = False
+            self.start_grad = False
         if cls is not None and name in _LIGHTNING_NO_GRAD and any("LightningModule" in ast.unparse(b)
                                                                   for b in cls.bases):
-            self.grad = False  # Lightning runs these under no_grad
+            self.start_grad = False  # Lightning runs these under no_grad
+
+    def run(self) -> None:
+        """Walk the body from a fresh state (facts about the file may have grown since last time)."""
+        self.grad = self.start_grad
         self.eval_mode = False  # a model.eval() was seen and no model.train() since
         self.env: dict[str, bool] = {}  # key -> carries a graph, at this point of the walk
         self.scalars: set[str] = set()  # keys holding a loss-like scalar
@@ -438,10 +459,7 @@ class _Scope:
         self.findings: dict[tuple[str, int], LintFinding] = {}
         self.reported_loops: set[int] = set()
         self.returns_graph = False
-
-    def run(self) -> _Scope:
         self.block(self.node.body)
-        return self
 
     @staticmethod
     def _bound_keys(node: ast.AST) -> list[str]:
@@ -455,11 +473,12 @@ class _Scope:
             return [(a.asname or a.name).split(".")[0] for a in node.names]
         return []
 
-    def _feeds_backward(self, body) -> set[str]:
+    @staticmethod
+    def _feeds_backward(nodes) -> set[str]:
         """Keys whose value flows into a backward() in this scope: gradient accumulation, not a leak."""
-        feeds = {k for n in _walk(body) if isinstance(n, ast.Call) and _is_backward_call(n) for k in _expr_keys(n)}
+        feeds = {k for n in nodes if isinstance(n, ast.Call) and _is_backward_call(n) for k in _expr_keys(n)}
         flows = []
-        for n in _walk(body):
+        for n in nodes:
             if isinstance(n, (ast.Assign, ast.AugAssign, ast.AnnAssign)) and n.value is not None:
                 targets = n.targets if isinstance(n, ast.Assign) else [n.target]
                 flows.append(({_holder(t) for t in targets} - {None}, _expr_keys(n.value)))
@@ -491,7 +510,7 @@ class _Scope:
             self.block(s.body)
             self.branches([s.orelse] + [h.body for h in s.handlers])
             return self.block(s.finalbody)
-        if isinstance(s, ast.Match):
+        if isinstance(s, getattr(ast, "Match", ())):  # Python 3.10+
             self.scan(s.subject)
             return self.branches([c.body for c in s.cases] + [[]])
         self.scan(s)
@@ -614,7 +633,7 @@ class _Scope:
             self.snippet(stmt), self.snippet(stmt, edits)))
 
     def outlives_step(self, holder: str, steps_only: bool = False) -> bool:
-        """Does `holder` accumulate across training steps (or evaluation batches) at `stmt`?"""
+        """Does `holder`, stored into here, accumulate across training steps (or evaluation batches)?"""
         for loop in reversed(self.loops):
             if _resets(loop.node.body, holder):
                 return False  # emptied every iteration of this loop: bounded by one iteration
@@ -756,7 +775,7 @@ class _Scope:
         if isinstance(func, ast.Attribute) and name == "forward":
             return _key(func.value) in facts.modules or _key(func.value) == "self" or \
                 bool(_MODEL_NAME.search(_name(func.value)))
-        if name in facts.functions or name[:1].isupper() and name not in ("G", "D") or _FACTORY.match(name):
+        if name in facts.functions or name[:1].isupper() and name not in ("G", "D") or _VERB.match(name):
             return False  # local functions have summaries; CamelCase builds an object
         return bool(_MODEL_NAME.search(name))
 
@@ -764,7 +783,7 @@ class _Scope:
         name = _name(call.func)
         if (_key(call.func) or "") in self.facts.loss_modules:
             return True
-        return bool(_LOSS_NAME.search(name)) and not name[:1].isupper() and not _FACTORY.match(name) and \
+        return bool(_LOSS_NAME.search(name)) and not name[:1].isupper() and not _VERB.match(name) and \
             name not in self.facts.functions
 
     def scalar_like(self, node: ast.AST) -> bool:
@@ -812,9 +831,8 @@ class _Scope:
 
     def header(self, loop) -> str:
         """A loop's first line(s), up to its body, dedented."""
-        lines = self.facts.source_bytes.decode("utf-8").splitlines()
         last = max(loop.lineno, loop.body[0].lineno - 1)
-        return textwrap.dedent("\n".join(lines[loop.lineno - 1:last])).strip()
+        return textwrap.dedent("\n".join(self.facts.lines[loop.lineno - 1:last])).strip()
 
 
 def _merge(envs: list[dict[str, bool]]) -> dict[str, bool]:
@@ -832,9 +850,9 @@ def _resets(stmts, holder: str) -> bool:
         if isinstance(s, (ast.With, ast.AsyncWith)) and _resets(s.body, holder):
             return True
         if isinstance(s, (ast.Assign, ast.AnnAssign)) and s.value is not None:
-            targets = s.targets if isinstance(s, ast.Assign) else [s.target]
-            if any(_key(t) == holder for t in targets) and holder not in _expr_keys(s.value):
-                return True
+            pairs = _pairs(s) if isinstance(s, ast.Assign) else [(s.target, s.value)]
+            if any(holder in _target_keys(t) and holder not in _expr_keys(v) for t, v in pairs):
+                return True  # also `preds, labels = [], []`
         if isinstance(s, ast.Expr) and isinstance(s.value, ast.Call) and isinstance(s.value.func, ast.Attribute) \
                 and s.value.func.attr == "clear" and _key(s.value.func.value) == holder:
             return True

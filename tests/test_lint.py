@@ -375,13 +375,15 @@ class Net(nn.Module):
 """)
 
 
-def test_per_step_scratch_list_and_last_output_kept():
+def test_per_step_scratch_lists_and_last_output_kept():
     check(TRAIN + """
 for x, y in loader:
-    parts = []
+    parts, sizes = [], []
     for chunk in x.split(4):
         parts.append(model(chunk))
-    loss = criterion(torch.cat(parts), y)
+        sizes.append(len(chunk))
+    accuracy = torch.cat(parts).argmax(1).eq(y).float().mean().item()
+    loss = criterion(model(x), y)
     loss.backward()
     optimizer.step()
     last_output = parts[-1]
@@ -398,6 +400,89 @@ for x, y in loader:
     with torch.no_grad():
         total += loss
 """)
+
+
+# The shapes of PyTorch's transfer-learning tutorial, the ImageNet example's validate() and Hugging
+# Face's run_glue_no_trainer: the code users copy most.
+OFFICIAL = """\
+import torch
+from torch import nn
+from transformers import AutoModelForSequenceClassification
+model = AutoModelForSequenceClassification.from_pretrained("x")
+criterion = nn.CrossEntropyLoss()
+
+for epoch in range(num_epochs):
+    for phase in ["train", "val"]:
+        if phase == "train":
+            model.train()
+        else:
+            model.eval()
+        running_loss, running_corrects = 0.0, 0
+        for inputs, labels in dataloaders[phase]:
+            optimizer.zero_grad()
+            with torch.set_grad_enabled(phase == "train"):
+                outputs = model(inputs)
+                _, preds = torch.max(outputs, 1)
+                loss = criterion(outputs, labels)
+                if phase == "train":
+                    loss.backward()
+                    optimizer.step()
+            running_loss += loss.item() * inputs.size(0)
+            running_corrects += torch.sum(preds == labels.data)
+
+def validate(val_loader, model, criterion):
+    def run_validate(loader):
+        with torch.no_grad():
+            for i, (images, target) in enumerate(loader):
+                output = model(images)
+                loss = criterion(output, target)
+                losses.update(loss.item(), images.size(0))
+    model.eval()
+    run_validate(val_loader)
+
+for epoch in range(num_train_epochs):
+    model.train()
+    total_loss = 0
+    for step, batch in enumerate(train_dataloader):
+        outputs = model(**batch)
+        loss = outputs.loss
+        total_loss += loss.detach().float()
+        accelerator.backward(loss / gradient_accumulation_steps)
+        optimizer.step()
+    model.eval()
+    for step, batch in enumerate(eval_dataloader):
+        with torch.no_grad():
+            outputs = model(**batch)
+        predictions = outputs.logits.argmax(dim=-1)
+        metric.add_batch(predictions=predictions, references=batch["labels"])
+"""
+
+
+def test_well_known_official_loops_are_clean():
+    check(OFFICIAL)
+
+
+@pytest.mark.parametrize("good, bad", [
+    ("running_loss += loss.item() * inputs.size(0)",
+     "running_loss += loss * inputs.size(0)  # oomdoctor: retained-graph"),
+    ("total_loss += loss.detach().float()", "total_loss += loss.float()  # oomdoctor: retained-graph"),
+    ("        with torch.no_grad():\n"
+     "            outputs = model(**batch)",
+     "        outputs = model(**batch)  # oomdoctor: missing-no-grad"),
+    ("        with torch.no_grad():\n"
+     "            for i, (images, target) in enumerate(loader):\n"
+     "                output = model(images)\n"
+     "                loss = criterion(output, target)\n"
+     "                losses.update(loss.item(), images.size(0))",
+     "        for i, (images, target) in enumerate(loader):\n"
+     "            output = model(images)  # oomdoctor: missing-no-grad\n"
+     "            loss = criterion(output, target)\n"
+     "            losses.update(loss.item(), images.size(0))"),
+])
+def test_one_line_mutation_of_the_official_loops_is_caught(good, bad):
+    # GIVEN the clean loops WHEN one change reintroduces a bug THEN lint reports that line, only.
+    assert good in OFFICIAL
+    check(OFFICIAL.replace(good, bad))
 
 
 def test_ignore_comment_silences_a_line():
