@@ -18,6 +18,11 @@ RECIPES = REPO / "recipes"
 os.environ.setdefault("COLUMNS", "100")  # rich output compares line by line
 
 
+def _top_saved_tensor_hooks():
+    top = getattr(torch._C._autograd, "_top_saved_tensors_default_hooks", None)  # private API
+    return top(False) if top is not None else None
+
+
 def installed_state() -> dict:
     """Everything a session installs globally, as plain values to compare."""
     from oomdoctor.session import Session
@@ -30,7 +35,7 @@ def installed_state() -> dict:
         "forward_pre_hooks": len(module_hooks._global_forward_pre_hooks),
         "forward_hooks": len(module_hooks._global_forward_hooks),
         "dispatch_mode": _get_current_dispatch_mode(),
-        "saved_tensor_hooks": torch._C._autograd._top_saved_tensors_default_hooks(False),
+        "saved_tensor_hooks": _top_saved_tensor_hooks(),
     }
 
 
