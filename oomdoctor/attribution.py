@@ -42,8 +42,23 @@ _ACCUMULATE = ("append", "extend", "insert", "appendleft", "add", "update", "set
 _CONCAT = ("cat", "concat", "concatenate", "stack", "vstack", "hstack", "row_stack")
 
 
+_USER_FILES: dict[str, bool] = {}
+
+
 def is_user_file(filename: str) -> bool:
-    return not (filename.startswith(_SKIP) or filename.startswith("<frozen") or any(p in filename for p in _LIBRARIES))
+    known = _USER_FILES.get(filename)
+    if known is None:
+        known = _USER_FILES[filename] = not (filename.startswith(_SKIP) or filename.startswith("<frozen")
+                                             or any(p in filename for p in _LIBRARIES))
+    return known
+
+
+def new_event(timeline: Any, kind: str, **data: Any) -> dict[str, Any]:
+    """Add an event a probe keeps updating in place, and return it. The timeline keeps a bounded
+    number of events; past it, the event is not recorded and updating it changes nothing."""
+    before = len(timeline.events)
+    timeline.add_event(kind, **data)
+    return timeline.events[-1] if len(timeline.events) > before else {"kind": kind, **data}
 
 
 def user_frames(limit: int = 8) -> list[types.FrameType]:

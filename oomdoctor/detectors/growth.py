@@ -130,8 +130,9 @@ def _finding(timeline: Timeline, event: dict, rate: float, named: bool) -> Findi
         detail += f" At this rate {device} ({format_bytes(capacity)}) runs out near step {projected}."
     remedies = []
     if named and event.get("before") and event.get("after"):
-        remedies.append(Remedy(f"Keep `{event['method']}` of what you store, not the tensor",
-                               before=event["before"], after=event["after"]))
+        title = ("Store a Python number (`.item()`), not the tensor" if event.get("method") == ".item()" else
+                 "Keep it in host memory (`.cpu()`): it still grows, but off the device")
+        remedies.append(Remedy(title, before=event["before"], after=event["after"]))
     remedies.append(Remedy("Keep only what you need after the step: a number (`.item()`), a bounded window "
                            "(`collections.deque(maxlen=N)`), a running aggregate, or write it to disk"))
     where = (event.get("location") if named else None) or allocation

@@ -119,7 +119,8 @@ class GraphProbe:
         for event in list(self.holders.values()):  # forward clock: confirmed only if never used
             forwards = self._provisional.get(id(event), [])
             if any(f.backward for f in forwards):
-                timeline.events.remove(event)
+                if event in timeline.events:
+                    timeline.events.remove(event)
             else:
                 event["provisional"] = False
         self.active = False
@@ -161,7 +162,12 @@ class GraphProbe:
         self._check_forward_clock(site)
 
     def step_end(self, session: Any, step: Any) -> None:
-        index = step.index
+        try:
+            self._step_end(step.index)
+        except Exception as exc:  # our failure must not end the user's step
+            session._warn(f"internal error in the graph probe: {exc!r}")
+
+    def _step_end(self, index: int) -> None:
         if any(e["clock"] == "step" for e in self.holders.values()):
             self._follow(index)
         elif index >= self._next_check and self._old_steps(index) >= MIN_OLD:
@@ -195,8 +201,8 @@ class GraphProbe:
 
     def _publish_site(self, site: _Site) -> None:
         if site.event is None:
-            self.session.timeline.add_event("unused-graph", location=site.location, module=site.module)
-            site.event = self.session.timeline.events[-1]
+            site.event = attribution.new_event(self.session.timeline, "unused-graph", location=site.location,
+                                               module=site.module)
         site.event.update(eval=site.eval, forwards=site.forwards, backwards=site.backwards, unused=site.unused,
                           saved_bytes=site.saved_bytes or 0)
 
@@ -213,7 +219,9 @@ class GraphProbe:
                 event["bytes"] = event["bytes_per_step"] * alive
             return
         site.attributed = alive
-        gc.collect()
+        # Young generations only: this check also fires for accumulation windows and RL
+        # episodes, which a full collection (~0.3 s in a large process) would slow down.
+        gc.collect(1)
         old = site.pending[:-OLD]
         if len(old) >= MIN_OLD:
             self._attribute(old, "forward", site.forwards, site)
@@ -272,11 +280,16 @@ class GraphProbe:
         kept = own + (stats.nodes * NODE_BYTES if backward else stats.saved_bytes)
         sites = [f.site.location for f in forwards]
         name = holder.name if holder is not None else None
+        unnamed = self.holders.get((None, clock)) if name is not None else None
+        if unnamed is not None:  # named at last: the anonymous report is superseded
+            del self.holders[(None, clock)]
+            if unnamed in self.session.timeline.events:
+                self.session.timeline.events.remove(unnamed)
         event = self.holders.get((name, clock))
         if event is None:
-            self.session.timeline.add_event("retained-graph", holder=name, clock=clock, detected_at=at,
-                                            steps_alive=0, provisional=clock == "forward")
-            event = self.holders[(name, clock)] = self.session.timeline.events[-1]
+            event = self.holders[(name, clock)] = attribution.new_event(
+                self.session.timeline, "retained-graph", holder=name, clock=clock, detected_at=at, steps_alive=0,
+                provisional=clock == "forward")
         if clock == "forward":
             event["site_key"] = id(site)
             self._provisional.setdefault(id(event), []).extend(old_forwards)

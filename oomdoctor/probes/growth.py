@@ -14,7 +14,9 @@ other than parameters and optimizer state (created once):
   every step (a history kept with `torch.cat`) shows as one line growing from scan to scan.
 When survivors come from three steps or more, one of the latest two included, or a line grew
 at three scans in a row, the user's frames are searched once for what holds those storages and
-for the statement that stores into it (attribution.py). From then on the holder is found again
+for the statement that stores into it (attribution.py). Without per-op sites (CUDA), end bytes
+rising `RISING` steps in a row start the search instead: every holder of device tensors in the
+user's frames is sized twice, `APART` steps apart, and the one that grew is named. From then on the holder is found again
 on the stack by its frame's code and access path (no reference to the user's objects is kept)
 and its bytes are measured exactly, a few dozen times over the run: on sampled CPU runs that is
 the true rate, which the ledger alone underestimates (steps between samples go unseen).
@@ -30,6 +32,7 @@ that stores into the holder, and the same statement fixed).
 from __future__ import annotations
 
 import os
+from collections import deque
 from typing import Any
 
 import torch
@@ -43,6 +46,8 @@ GROWING = ("activations", "other", "gradients")
 KEEP = 64  # creation steps, scans and holder measurements kept per list
 TOP_SITES = 8
 MAX_ATTRIBUTIONS = 3
+RISING = 6  # without per-op sites (CUDA): end bytes rising this many steps in a row start a search
+APART = 4  # steps between the two sizings of the user's holders
 
 
 class GrowthProbe:
@@ -57,6 +62,8 @@ class GrowthProbe:
         self._holder: tuple[Any, tuple] | None = None  # (frame code, access path) of the holder
         self._measured_at = -1
         self._measure_every = 1
+        self._ends: deque[int] = deque(maxlen=RISING + 1)
+        self._sized: tuple[int, int, dict[tuple, int]] | None = None  # (step, end bytes, holder sizes)
 
     # -- probe protocol ------------------------------------------------------------------------
     def start(self, session: Any) -> None:
@@ -70,10 +77,10 @@ class GrowthProbe:
             capacity, source = session.timeline.capacity, "device"
         else:
             capacity, source = _ram_bytes(), "ram"
-        session.timeline.add_event("survivors", all_exact=bool(session.exact) or not self._ledger_ops,
-                                   capacity=capacity, capacity_source=source, scans=0, holder=None,
-                                   holder_series=[], location=None)
-        self.event = session.timeline.events[-1]
+        self.event = attribution.new_event(session.timeline, "survivors",
+                                           all_exact=bool(session.exact) or not self._ledger_ops, capacity=capacity,
+                                           capacity_source=source, scans=0, holder=None, holder_series=[],
+                                           location=None)
 
     def stop(self) -> None:
         pass
@@ -85,12 +92,19 @@ class GrowthProbe:
         pass
 
     def step_end(self, session: Any, step: Any) -> None:
+        try:
+            self._step_end(session, step)
+        except Exception as exc:  # our failure must not end the user's step
+            session._warn(f"internal error in the growth probe: {exc!r}")
+
+    def _step_end(self, session: Any, step: Any) -> None:
         index = step.index
         if self.event["capacity"] is None and session.timeline.capacity is not None:
             self.event["capacity"] = session.timeline.capacity  # CUDA: known once installed
         if self._holder is not None and index - self._measured_at >= self._measure_every:
             self._measure(index)
         if not self._ledger_ops:
+            self._search_by_size(index, step.end_bytes)
             return
         if step.exact and index >= 1:
             self._exact = (self._exact + [index])[-KEEP:]
@@ -158,18 +172,48 @@ class GrowthProbe:
         holders = attribution.find_holders(attribution.user_frames(), lambda t: _storage_id(t) in ids)
         if not holders:
             return
-        holder = max(holders, key=lambda h: attribution.held_bytes(h.value)[0])
+        self._name(max(holders, key=lambda h: attribution.held_bytes(h.value)[0]), site, now)
+
+    def _name(self, holder: Any, site: tuple | None, now: int) -> None:
+        """Record the holder and the statement that stores into it; measure it from now on."""
         scalar = all(t.numel() == 1 for t in holder.tensors)
         method = ".item()" if scalar else (".cpu()" if self.session.device.type != "cpu" else None)
         attach = attribution.attach_statement(holder, method or ".detach()")
         self._holder = (holder.frame.f_code, holder.steps)
-        self.event.update(holder=holder.name, allocation=_site_dict(site))
+        self.event.update(holder=holder.name, allocation=_site_dict(site) if site else None)
         if attach is not None:
             self.event.update(location={"file": attach.file, "line": attach.line, "function": attach.function,
                                         "code": attach.code},
                               before=attach.before if method else None, after=attach.after if method else None,
                               method=attach.method if method else None)
         self._measure(now)
+
+    def _search_by_size(self, index: int, end: int) -> None:
+        """Without per-op sites: once end bytes rose RISING steps in a row, size every holder of
+        device tensors in the user's frames, again APART steps later, and name the one that grew."""
+        self._ends.append(end)
+        if self._holder is not None or self._attributions >= MAX_ATTRIBUTIONS or index < self._next_attribution:
+            return
+        if self._sized is None:
+            ends = list(self._ends)
+            if len(ends) > RISING and all(b > a for a, b in zip(ends, ends[1:])):
+                self._sized = (index, end, {k: n for k, (_, n) in self._holder_sizes().items()})
+            return
+        first, first_end, before = self._sized
+        if index - first < APART:
+            return
+        self._sized = None
+        self._attributions += 1
+        self._next_attribution = index + max(8, index)
+        grown = [(n - before.get(k, 0), holder) for k, (holder, n) in self._holder_sizes().items()]
+        growth, holder = max(grown, key=lambda g: g[0], default=(0, None))
+        if holder is not None and growth > 0 and growth >= 0.25 * (end - first_end):
+            self._name(holder, None, index)
+
+    def _holder_sizes(self) -> dict[tuple, tuple[Any, int]]:
+        kind = self.session.device.type
+        holders = attribution.find_holders(attribution.user_frames(), lambda t: t.device.type == kind)
+        return {(id(h.frame.f_code), h.steps): (h, attribution.held_bytes(h.value)[0]) for h in holders}
 
     def _measure(self, index: int) -> None:
         """The holder's exact bytes now, found again from the stack."""
