@@ -20,6 +20,7 @@ __version__ = "0.1.0"
 _EXPORTS = {
     "track": "api", "watch": "api",
     "Session": "session",
+    "find_batch_size": "batch", "auto_batch_size": "batch",
     "Report": "report.model", "Finding": "report.model", "Step": "report.model", "Location": "report.model",
     "Remedy": "report.model",
 }
