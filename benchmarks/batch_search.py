@@ -41,6 +41,7 @@ SAMPLE_S = 50e-6  # per sample: a mid-size model on a GPU
 START_S = 3.0  # a fresh `python -m oomdoctor run` process up to the script's first step: about the
 # seconds of a batch-size-1 trial in the real runs below (torch and oomdoctor imports, the optimizer's)
 OURS_STEPS, LIGHTNING_STEPS = 2, 3
+CPU = {"CUDA_VISIBLE_DEVICES": ""}  # the real runs simulate the capacity on the CPU, GPU or not
 
 
 class Workload:
@@ -171,7 +172,7 @@ def simulated() -> None:
 
 
 def oomdoctor(*args: str, cwd: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(REPO), "COLUMNS": "120"}
+    env = {**os.environ, "PYTHONPATH": str(REPO), "COLUMNS": "120", **CPU}
     return subprocess.run([sys.executable, "-m", "oomdoctor", *args], cwd=cwd, env=env, capture_output=True, text=True)
 
 
@@ -181,7 +182,8 @@ def real() -> None:
           f"(CPU, simulated capacity; torch {torch.__version__})")
     with tempfile.TemporaryDirectory() as folder:
         started = time.perf_counter()
-        plain = subprocess.run([sys.executable, recipe, "--width", "128"], capture_output=True, text=True)
+        plain = subprocess.run([sys.executable, recipe, "--width", "128", "--device", "cpu"], capture_output=True,
+                               text=True)
         print(f"  the recipe alone (python, 3 steps of 1024): {time.perf_counter() - started:.1f} s, exit {plain.returncode}")
         for capacity in ("1.5MB", "8MiB"):
             path = os.path.join(folder, "batch.json")

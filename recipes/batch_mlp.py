@@ -22,6 +22,7 @@ parser.add_argument("--batch-size", type=int, default=1024)
 parser.add_argument("--accumulate", type=int, default=1, help="micro-batches per optimizer step")
 parser.add_argument("--steps", type=int, default=3)
 parser.add_argument("--width", type=int, default=512)
+parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
 args = parser.parse_args()
 
 torch.manual_seed(0)
@@ -29,15 +30,15 @@ model = nn.Sequential(
     nn.Linear(512, args.width), nn.ReLU(),
     nn.Linear(args.width, args.width), nn.ReLU(),
     nn.Linear(args.width, 10),
-)
+).to(args.device)
 optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
 loss_fn = nn.CrossEntropyLoss()
 
 for step in range(args.steps):
     optimizer.zero_grad(set_to_none=True)
     for _ in range(args.accumulate):
-        x = torch.randn(args.batch_size, 512)
-        y = torch.randint(0, 10, (args.batch_size,))
+        x = torch.randn(args.batch_size, 512, device=args.device)
+        y = torch.randint(0, 10, (args.batch_size,), device=args.device)
         loss = loss_fn(model(x), y) / args.accumulate
         loss.backward()
     optimizer.step()

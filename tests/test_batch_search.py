@@ -217,3 +217,18 @@ def test_json_form():
 def test_bad_bounds_are_refused(kwargs):
     with pytest.raises(ValueError):
         search(Device(linear(1, 1), 100), capacity=100, **kwargs)
+
+
+def test_less_usable_memory_than_the_capacity_still_gives_the_exact_answer_and_a_real_margin():
+    # GIVEN a GPU capped at `capacity` where allocator overhead leaves 13 % of it unusable for
+    # tensors: sizes stop fitting well below the capacity the fit predicts against
+    capacity = 2 * 2**30
+    device = Device(linear(300 * 2**20, 72 * 1024), int(capacity * 0.87))
+    result = search(device, capacity=capacity)
+    # THEN the maximum is still exact (measured), in fewer trials than doubling and bisecting
+    # (~2*log2(max)+1 = 29), and the recommendation keeps its margin below where memory really
+    # ran out, not below the nominal capacity
+    assert result.max_batch_size == device.truth()
+    assert result.measured_trials <= 24
+    assert result.usable_bytes <= device.capacity + 72 * 1024
+    assert device.peak(result.recommended_batch_size) <= 0.9 * result.usable_bytes

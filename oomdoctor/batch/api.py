@@ -41,12 +41,14 @@ def find_batch_size(
     capacity: int | str | None = None,
     steps: int = DEFAULT_STEPS,
     margin: float = DEFAULT_MARGIN,
+    device: str | None = None,
 ) -> BatchResult:
     """The largest batch size in [low, high] for which `fn(batch_size)` fits in memory.
 
     `capacity`: bytes or a size such as "2GiB"; on CPU it is simulated (an OOM is raised past it),
-    on CUDA the default is the device's memory. `start`: the first size to try (e.g. the current
-    one). `margin`: share of the capacity the recommendation keeps free. Returns a `BatchResult`
+    on CUDA the default is the device's memory. `device`: whose memory (default: CUDA when there
+    is a GPU, else the CPU). `start`: the first size to try (e.g. the current one). `margin`:
+    share of the capacity the recommendation keeps free. Returns a `BatchResult`
     (`.max_batch_size`, `.recommended_batch_size`, `.trials`); raises `NothingFits` when even
     `low` does not fit.
     """
@@ -57,12 +59,13 @@ def find_batch_size(
 
     active = Session.current()
     joined = active is not None
-    if size is None and not torch.cuda.is_available() and not (joined and active.capacity):
-        raise BadInput("no GPU here: give capacity= (e.g. \"2GiB\") to search against a simulated device")
+    on_cuda = torch.device(device).type == "cuda" if device is not None else torch.cuda.is_available()
+    if size is None and not on_cuda and not (joined and active.capacity):
+        raise BadInput("no GPU memory to search: give capacity= (e.g. \"2GiB\") for a simulated device")
     failures: dict[int, Any] = {}
 
     def trial(batch_size: int) -> Trial:
-        result, report = _run_trial(fn, batch_size, size, steps, joined)
+        result, report = _run_trial(fn, batch_size, size, device, steps, joined)
         if not result.fits:
             failures[batch_size] = report
         return result
@@ -110,7 +113,7 @@ def auto_batch_size(fn: Callable[..., Any] | None = None, **options: Any) -> Any
     return wrapper
 
 
-def _run_trial(fn: Callable[[int], Any], batch_size: int, capacity: int | None, steps: int,
+def _run_trial(fn: Callable[[int], Any], batch_size: int, capacity: int | None, device: str | None, steps: int,
                joined: bool) -> tuple[Trial, Any]:
     """Run `fn(batch_size)` for `steps` optimizer steps under a session: (Trial, its Report)."""
     import oomdoctor
@@ -127,7 +130,7 @@ def _run_trial(fn: Callable[[int], Any], batch_size: int, capacity: int | None, 
     session = handle = None
     started = time.perf_counter()
     try:
-        with oomdoctor.track(capacity=capacity, quiet=True) as session:
+        with oomdoctor.track(capacity=capacity, device=device, quiet=True) as session:
             handle = register_optimizer_step_post_hook(count)  # after the session's own hooks
             fn(batch_size)
     except _TrialDone:

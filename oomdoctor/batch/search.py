@@ -151,14 +151,27 @@ class BatchResult:
             return t.peak_bytes
         return int(self.curve.peak(batch_size)) if self.curve is not None else None
 
+    @property
+    def usable_bytes(self) -> int | None:
+        """The capacity, or less where the size after the maximum did not fit below it (on CUDA
+        the cap holds the allocator's reserved bytes, and fragmentation leaves less for tensors).
+        Without a capacity, the maximum's own peak."""
+        fitting = [t for t in self.trials if t.fits and t.source == "measured"]
+        if not fitting:
+            return None
+        ceiling = self.capacity_bytes or max(fitting, key=lambda t: t.batch_size).peak_bytes
+        if ceiling is not None and self.curve is not None and not self.all_fit:
+            ceiling = min(ceiling, math.floor(self.curve.peak(self.max_batch_size + 1)))
+        return ceiling
+
     def recommended_for(self, margin: float) -> int | None:
-        """The largest size whose peak stays `margin` (a share) below the capacity, never below
-        `low` nor above the maximum. Without a capacity, below the maximum's own peak; without
-        any measured peak, `margin` below the maximum size itself."""
+        """The largest size whose peak stays `margin` (a share) below the usable bytes, never
+        below `low` nor above the maximum; without any measured peak, `margin` below the maximum
+        size itself."""
         if self.max_batch_size is None:
             return None
         fitting = sorted((t for t in self.trials if t.fits and t.source == "measured"), key=lambda t: t.batch_size)
-        ceiling = self.capacity_bytes or fitting[-1].peak_bytes
+        ceiling = self.usable_bytes
         if ceiling is None:
             return max(self.low, math.floor(self.max_batch_size * (1 - margin)))
         budget = Fraction(ceiling) * (1 - Fraction(margin).limit_denominator(10**6))
@@ -183,6 +196,7 @@ class BatchResult:
             "recommended_batch_size": self.recommended_batch_size,
             "all_fit": self.all_fit,
             "capacity_bytes": self.capacity_bytes,
+            "usable_bytes": self.usable_bytes,
             "margin": self.margin,
             "margin_bytes": None if self.capacity_bytes is None else round(self.capacity_bytes * self.margin),
             "low": self.low,

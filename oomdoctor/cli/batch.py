@@ -120,15 +120,19 @@ def _summary(result: BatchResult, flag: str, current: int | None, accumulation: 
     else:
         lines.append(f"Largest batch size that fits: [bold]{best}[/bold] ({best} fits, {best + 1} does not, "
                      f"{result.measured_trials} trials run).")
-    peak = result.peak_at(recommended)
-    if cap is None or peak is None:
+    peak, usable = result.peak_at(recommended), result.usable_bytes
+    if cap is None or peak is None or usable is None:
         lines.append(f"Recommended: [bold]{recommended}[/bold].")
-    elif peak <= cap * (1 - result.margin):
-        lines.append(f"Recommended: [bold]{recommended}[/bold] (peak {format_bytes(peak)}: keeps at least "
-                     f"{result.margin:.0%} of {format_bytes(cap)} free, for fragmentation and longer inputs).")
     else:
-        lines.append(f"Recommended: [bold]{recommended}[/bold], the smallest size: even it leaves only "
-                     f"{format_bytes(cap - peak)} of {format_bytes(cap)} free, less than the {result.margin:.0%} margin.")
+        of = format_bytes(cap) if usable >= cap else (
+            f"the {format_bytes(usable)} usable (it ran out there, below the {format_bytes(cap)} capacity: "
+            f"allocator overhead)")
+        if peak <= usable * (1 - result.margin):
+            lines.append(f"Recommended: [bold]{recommended}[/bold] (peak {format_bytes(peak)}: keeps at least "
+                         f"{result.margin:.0%} of {of} free, for fragmentation and longer inputs).")
+        else:
+            lines.append(f"Recommended: [bold]{recommended}[/bold], the smallest size: even it leaves only "
+                         f"{format_bytes(usable - peak)} of {of} free, less than the {result.margin:.0%} margin.")
     if result.curve is not None:
         c = result.curve
         bend = f" + {format_bytes(float(c.quadratic))} x batch^2" if c.quadratic else ""
