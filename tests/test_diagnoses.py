@@ -375,6 +375,23 @@ def clean_truncated_bptt():
         opt.step()
 
 
+def test_an_accumulation_window_cut_short_is_not_a_retained_graph():
+    model, crit = mlp(), nn.CrossEntropyLoss()
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    with pytest.raises(KeyboardInterrupt), oomdoctor.track(quiet=True) as session:
+        for step in range(3):
+            window = 0
+            for micro in range(8):
+                x, y = batch()
+                window = window + crit(model(x), y)
+                if step == 2 and micro == 6:
+                    raise KeyboardInterrupt  # Ctrl-C with seven graphs waiting for their backward
+            opt.zero_grad()
+            window.backward()
+            opt.step()
+    assert ours(session.report()) == []
+
+
 CLEAN = [clean_gradient_accumulation_summed_tensors, clean_gradient_accumulation_backward_each, clean_gan,
          clean_logging, clean_evaluation_without_graphs, clean_rl_episodes, clean_cache_that_fills_up,
          clean_truncated_bptt]

@@ -97,7 +97,7 @@ class GraphProbe:
         self.alive: dict[int, _Forward] = {}
         self.alive_by_step: dict[int, int] = {}  # step -> forwards of that step whose graph lives
         self.holders: dict[tuple[str | None, str], dict[str, Any]] = {}  # events by (holder, clock)
-        self._provisional: dict[int, list[_Forward]] = {}  # id(event) -> the graphs it was about
+        self._provisional: dict[int, tuple[_Site, list[_Forward]]] = {}  # id(event) -> its site and graphs
         self._attributions = 0
         self._steps_at_attribution = 0
         self._next_check = 0
@@ -116,9 +116,11 @@ class GraphProbe:
         for site in self.sites.values():
             if site.unused:
                 self._publish_site(site)
-        for event in list(self.holders.values()):  # forward clock: confirmed only if never used
-            forwards = self._provisional.get(id(event), [])
-            if any(f.backward for f in forwards):
+        for event in list(self.holders.values()):
+            # Forward clock: confirmed only if no backward ever ran through the graphs nor through
+            # any graph of their call site (a window or an episode cut short by Ctrl-C or an OOM).
+            site, forwards = self._provisional.get(id(event), (None, []))
+            if any(f.backward for f in forwards) or (site is not None and site.backwards):
                 if event in timeline.events:
                     timeline.events.remove(event)
             else:
@@ -292,7 +294,7 @@ class GraphProbe:
                 provisional=clock == "forward")
         if clock == "forward":
             event["site_key"] = id(site)
-            self._provisional.setdefault(id(event), []).extend(old_forwards)
+            self._provisional.setdefault(id(event), (site, []))[1].extend(old_forwards)
         event.update(
             location=None if attach is None else {
                 "file": attach.file, "line": attach.line, "function": attach.function, "code": attach.code},
