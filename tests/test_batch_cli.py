@@ -20,7 +20,7 @@ RECIPE = str(RECIPES / "batch_mlp.py")
 # A width-128 MLP in 1.5 MB: the largest batch lies where memory is a straight line, in reach of
 # two probes and one confirmation.
 SEARCH = ("batch", "--flag", "--batch-size", "--capacity", "1.5MB")
-CPU = {"CUDA_VISIBLE_DEVICES": ""}
+CPU = {"CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1"}  # one thread: runs side by side do not crawl
 
 
 def _error_line(result, code: int) -> str:

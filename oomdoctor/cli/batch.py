@@ -103,9 +103,10 @@ def _table(result: BatchResult) -> Table:
     for name in ("batch size", "fits", "peak", "seconds", "source"):
         table.add_column(name, justify="right" if name in ("batch size", "peak", "seconds") else "left")
     for t in sorted(result.trials, key=lambda t: t.batch_size):
-        peak = format_bytes(t.peak_bytes) if t.fits else f"> {format_bytes(result.capacity_bytes)}" if result.capacity_bytes else "-"
         if t.source == "predicted":
-            peak = f">= {format_bytes(t.peak_bytes)}"
+            peak = f">= {format_bytes(t.peak_bytes)}"  # the secant's lower bound
+        else:  # an OOM run stopped before its peak: no figure to show
+            peak = format_bytes(t.peak_bytes) if t.fits else "-"
         table.add_row(str(t.batch_size), "yes" if t.fits else "OOM", peak,
                       "-" if t.seconds is None else f"{t.seconds:.1f}", t.source)
     return table
