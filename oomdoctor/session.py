@@ -622,7 +622,10 @@ class Session:
         else:
             self._activations = by_category.get("activations", 0)
         if self._cuda():
-            peak = _cuda_allocated(self.device.index)[1]
+            _, peak, reserved = _cuda_allocated(self.device.index)
+            # What a cap (set_per_process_memory_fraction) limits is reserved memory: the batch
+            # search fits against its peak.
+            self.timeline.reserved_peak = max(self.timeline.reserved_peak, reserved)
             torch.cuda.reset_peak_memory_stats(self.device)
             by_category = _with_other(by_category, peak)
         return peak, by_category
@@ -717,7 +720,8 @@ class Session:
 
         from .nvml import NoDriver, nvml_gap_note, read_gpus
 
-        view: dict[str, Any] = {"torch_reserved_bytes": torch.cuda.memory_reserved(self.device)}
+        view: dict[str, Any] = {"torch_reserved_bytes": torch.cuda.memory_reserved(self.device),
+                                "reserved_peak_bytes": self.timeline.reserved_peak}
         if os.environ.get("CUDA_VISIBLE_DEVICES"):
             return view  # NVML numbers devices as the host does: no safe match
         try:
@@ -785,15 +789,19 @@ def _phase_of(frames: list[dict[str, Any]]) -> str | None:
     return None
 
 
-def _cuda_allocated(index: int) -> tuple[int, int]:
-    """(current, peak) allocated bytes. `torch.cuda.memory_allocated()` flattens every allocator
-    statistic in Python (hundreds of microseconds, several times per step): read the one entry
-    from the nested statistics instead."""
+def _cuda_allocated(index: int) -> tuple[int, int, int]:
+    """(current allocated, peak allocated, peak reserved) bytes.
+
+    `torch.cuda.memory_allocated()` flattens every allocator statistic in Python (hundreds of
+    microseconds, several times per step): read the entries from the nested statistics instead.
+    """
     try:
-        allocated = torch._C._cuda_memoryStats(index)["allocated_bytes"]["all"]
-        return allocated["current"], allocated["peak"]
+        stats = torch._C._cuda_memoryStats(index)
+        allocated = stats["allocated_bytes"]["all"]
+        return allocated["current"], allocated["peak"], stats["reserved_bytes"]["all"]["peak"]
     except (AttributeError, KeyError, TypeError):  # a private API: fall back to the public one
-        return torch.cuda.memory_allocated(index), torch.cuda.max_memory_allocated(index)
+        return (torch.cuda.memory_allocated(index), torch.cuda.max_memory_allocated(index),
+                torch.cuda.max_memory_reserved(index))
 
 
 def _allocator_stats(device: torch.device) -> dict[str, int] | None:

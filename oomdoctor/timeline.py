@@ -32,6 +32,7 @@ class Timeline:
     events: list[dict[str, Any]] = field(default_factory=list)
     exception: dict[str, Any] | None = None  # filled when the run ended with an exception
     batch_size: int | None = None  # first dimension of the latest root forward's input
+    reserved_peak: int = 0  # CUDA: the most memory the caching allocator reserved
     per_sample_bytes: float = 0.0  # an exact step's peak beyond parameters, gradients and state, per sample
 
     def add(self, step: Step) -> None:

@@ -147,7 +147,9 @@ def _run_trial(fn: Callable[[int], Any], batch_size: int, capacity: int | None, 
     if joined:  # the session's peak is the whole run's: nothing of this trial alone to fit
         return Trial(batch_size, fits, None, seconds), None
     report = session.report()
-    return Trial(batch_size, fits, report.peak_bytes, seconds, capacity_bytes=report.device.capacity_bytes), report
+    # On CUDA a capacity caps reserved memory: fit against its peak where the report has one.
+    peak = report.aggregates.get("reserved_peak_bytes") or report.peak_bytes
+    return Trial(batch_size, fits, peak, seconds, capacity_bytes=report.device.capacity_bytes), report
 
 
 def _release() -> None:

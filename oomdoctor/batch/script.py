@@ -40,14 +40,14 @@ class ScriptTrials:
         exception = (report.get("exit") or {}).get("exception")
         capacity = (report.get("device") or {}).get("capacity_bytes")
         if exception and (exception.startswith("OutOfMemoryError") or oom_family(exception)):
-            trial = Trial(batch_size, False, report.get("peak_bytes"), seconds, capacity_bytes=capacity)
+            trial = Trial(batch_size, False, _peak(report), seconds, capacity_bytes=capacity)
         elif code == 0 and not exception:
             if not report.get("steps_total"):
                 _show(stderr)
                 raise OomdoctorError(
                     f"{self.script} ended without an optimizer step at batch size {batch_size}: oomdoctor batch "
                     f"measures training steps (optimizer.step()); does the script train with these arguments?")
-            trial = Trial(batch_size, True, report.get("peak_bytes"), seconds, capacity_bytes=capacity)
+            trial = Trial(batch_size, True, _peak(report), seconds, capacity_bytes=capacity)
         else:
             _show(stderr)
             if code == 2 and not exception and self.flag in stderr:
@@ -130,3 +130,9 @@ def _show(stderr: str) -> None:
 def _last_line(text: str) -> str:
     lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
     return lines[-1] if lines else ""
+
+
+def _peak(report: dict) -> int | None:
+    """The peak a capacity limits: on CUDA the allocator's reserved peak (the per-process cap
+    counts reserved memory), elsewhere the live-tensor peak."""
+    return (report.get("aggregates") or {}).get("reserved_peak_bytes") or report.get("peak_bytes")
