@@ -473,6 +473,7 @@ class Session:
         step.index, step.start_bytes, step.start_time = first.index, first.start_bytes, first.start_time
         step.peak, step.peak_by_category, step.exact = first.peak, first.peak_by_category, first.exact
         self._next_index = step.index + 1
+        self.ledger.step = step.index
         self._pending.clear()
 
     def _flush_pending(self) -> None:

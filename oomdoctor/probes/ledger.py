@@ -72,8 +72,9 @@ class Ledger:
         self.listener: Callable[[str, int, int, Site | None], None] | None = None
 
     # -- feeding -------------------------------------------------------------------------------
-    def track(self, tensor: torch.Tensor, category: str) -> None:
-        """Count `tensor`'s storage under `category` (or promote it, if already counted).
+    def track(self, tensor: torch.Tensor, category: str, promote: bool = True) -> None:
+        """Count `tensor`'s storage under `category` (or promote it, if already counted and
+        `promote`: the walks and the pack hook know what a tensor is, an op's output view does not).
 
         On the hot path of every op while the dispatch mode is on: keep it lean.
         """
@@ -86,7 +87,7 @@ class Ledger:
         key = id(storage)
         entry = self.entries.get(key)
         if entry is not None:
-            if _RANK[category] > _RANK[entry.category]:
+            if promote and _RANK[category] > _RANK[entry.category]:
                 self._move(entry, category)
             return
         nbytes = storage.nbytes()
@@ -170,7 +171,8 @@ class LedgerMode(TorchDispatchMode):
         category = self.category_now()
         for leaf in tree_leaves(out):
             if isinstance(leaf, torch.Tensor):
-                self.ledger.track(leaf, category)
+                # A view made in backward of a saved activation is no gradient: new storages only.
+                self.ledger.track(leaf, category, promote=False)
         return out
 
 
