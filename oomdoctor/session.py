@@ -681,10 +681,12 @@ class Session:
 
     # -- report --------------------------------------------------------------------------------
     def _build_report(self, exc: BaseException | None, exit_code: int | None) -> Report:
+        from .confirm import confirm_with_lint
         from .detectors import run_detectors
 
         t = self.timeline
         findings, notes = run_detectors(t)
+        findings = confirm_with_lint(findings)
         exception = t.exception
         return Report(
             device=self._device_info(),
