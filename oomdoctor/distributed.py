@@ -82,7 +82,7 @@ def merge(reports: list[Report], missing: list[int] | None = None) -> Report:
         findings.append(Finding(
             kind="imbalance", severity="warning",
             title=f"rank {heaviest.rank} peaks {format_bytes(extra)} above rank {lightest.rank}",
-            detail=(f"Peak memory per rank: " + ", ".join(f"rank {r.rank} {format_bytes(r.peak_bytes)}" for r in reports)
+            detail=("Peak memory per rank: " + ", ".join(f"rank {r.rank} {format_bytes(r.peak_bytes)}" for r in reports)
                     + f". Rank {heaviest.rank} runs out first: look at it first (uneven data shards, work "
                       "done only on one rank such as logging or evaluation, or a rank keeping extra tensors)."),
             bytes=extra,

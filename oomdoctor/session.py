@@ -28,7 +28,7 @@ from typing import Any, Callable
 
 import torch
 
-from .probes import default_probes
+from .probes import cuda, default_probes
 from .probes.events import AllocationRecorder
 from .probes.ledger import Ledger, LedgerMode
 from torch.utils._python_dispatch import _get_current_dispatch_mode
@@ -106,7 +106,7 @@ class Session:
         # CUDA: record allocations with Python stacks (bounded) and dump a snapshot that
         # pytorch.org/memory_viz opens when the run dies of OOM, to `snapshot` or next to --json.
         self.history = history
-        self.snapshot_path = snapshot or _snapshot_next_to(json)
+        self.snapshot_path = snapshot or cuda.snapshot_next_to(json)
         self.timeline = Timeline(device_type=self.device.type, capacity=capacity)
         self.ledger = Ledger(self.device.type, capacity if self.device.type != "cuda" else None)
         self.ledger.on_oom = self._on_simulated_oom
@@ -309,11 +309,8 @@ class Session:
         torch.cuda.reset_peak_memory_stats(index)
         if self.history:
             try:
-                # Python stacks only (~2 us per allocation), and only where a block was allocated:
-                # the free-side stacks of context="all" double the cost.
-                torch.cuda.memory._record_memory_history(max_entries=HISTORY_ENTRIES, stacks="python",
-                                                         context="alloc")
-                self._undo.append(lambda: torch.cuda.memory._record_memory_history(enabled=None))
+                cuda.start_history()
+                self._undo.append(cuda.stop_history)
             except Exception as exc:  # private API: absent or changed in some versions
                 self._warn(f"allocation history not recorded ({exc!r})")
                 self.history = False
@@ -323,7 +320,7 @@ class Session:
             return
         try:
             if self._on_cuda:
-                torch.cuda.memory._dump_snapshot(self.memory_viz)
+                cuda.dump_snapshot(self.memory_viz)
             elif self.recorder is not None:
                 from .memviz import write_snapshot
 
@@ -334,7 +331,7 @@ class Session:
 
     def _dump_snapshot(self) -> str | None:
         try:
-            torch.cuda.memory._dump_snapshot(self.snapshot_path)
+            cuda.dump_snapshot(self.snapshot_path)
         except Exception as exc:
             self._warn(f"memory snapshot not written ({exc!r})")
             return None
@@ -606,8 +603,8 @@ class Session:
         self._grad_bytes = grad_bytes
 
     def _current_bytes(self) -> int:
-        if self._cuda():
-            return _cuda_allocated(self.device.index)[0]
+        if self._on_cuda:
+            return cuda.allocated(self.device.index)[0]
         return self.ledger.total + self._grad_bytes
 
     def _take_peak(self) -> tuple[int, dict[str, int]]:
@@ -622,8 +619,8 @@ class Session:
             peak += self._grad_bytes + self._activations
         else:
             self._activations = by_category.get("activations", 0)
-        if self._cuda():
-            _, peak, reserved = _cuda_allocated(self.device.index)
+        if self._on_cuda:
+            _, peak, reserved = cuda.allocated(self.device.index)
             # What a cap (set_per_process_memory_fraction) limits is reserved memory: the batch
             # search fits against its peak.
             self.timeline.reserved_peak = max(self.timeline.reserved_peak, reserved)
@@ -638,9 +635,6 @@ class Session:
     def _raise_peak(step: _OpenStep | None, peak: int, by_category: dict[str, int]) -> None:
         if step is not None and peak >= step.peak:
             step.peak, step.peak_by_category = peak, dict(by_category)
-
-    def _cuda(self) -> bool:
-        return self._on_cuda
 
     # -- exceptions and OOM --------------------------------------------------------------------
     def record_exception(self, exc: BaseException) -> None:
@@ -664,7 +658,7 @@ class Session:
                  "site": None if e.site is None else vars(e.site)}
                 for e in self.ledger.largest(5)
             ],
-            "allocator": _allocator_stats(self.device) if self._on_cuda else None,
+            "allocator": cuda.allocator_stats(self.device) if self._on_cuda else None,
         }
         if self._on_cuda and self.history and self._running and _is_oom(exc):
             snapshot = self._dump_snapshot()
@@ -718,34 +712,18 @@ class Session:
         return aggregates
 
     def _device_view(self) -> dict[str, Any]:
-        """CUDA: PyTorch's reserved bytes beside what NVML sees in use, and why they differ."""
-        import os
-
-        from .nvml import NoDriver, nvml_gap_note, read_gpus
-
-        view: dict[str, Any] = {"torch_reserved_bytes": torch.cuda.memory_reserved(self.device),
-                                "reserved_peak_bytes": self.timeline.reserved_peak}
-        if os.environ.get("CUDA_VISIBLE_DEVICES"):
-            return view  # NVML numbers devices as the host does: no safe match
-        try:
-            _, gpus = read_gpus()
-        except (NoDriver, Exception):
-            return view
-        gpu = next((g for g in gpus if g.index == self.device.index), None)
-        if gpu is not None:
-            view["nvml_used_bytes"] = gpu.memory_used_bytes
-            note = nvml_gap_note(gpu.memory_used_bytes, view["torch_reserved_bytes"])
-            if note not in self.notes:
-                self.notes.append(note)
+        view, note = cuda.device_view(self.device, self.timeline.reserved_peak)
+        if note and note not in self.notes:
+            self.notes.append(note)
         return view
 
     def _accounting(self) -> str:
-        if self._cuda():
+        if self._on_cuda:
             return "cuda-allocator"
         return "ledger" if self.exact else "ledger-sampled"
 
     def _device_info(self) -> Device:
-        if self._cuda():
+        if self._on_cuda:
             props = torch.cuda.get_device_properties(self.device)
             capacity = self.capacity or props.total_memory
             return Device("cuda", props.name, capacity, self.simulated, self.device.index)
@@ -759,22 +737,12 @@ class Session:
 
 
 _TORCH = torch.__file__.rsplit("/", 1)[0]
-HISTORY_ENTRIES = 100_000  # allocation events kept by the CUDA allocator's ring buffer
 
 
 def _is_oom(exc: BaseException) -> bool:
     from .oom import is_oom
 
     return is_oom(exc)
-
-
-def _snapshot_next_to(json_path: str | None) -> str:
-    import os
-
-    if json_path:
-        root, _ = os.path.splitext(json_path)
-        return root + ".oom-snapshot.pickle"
-    return f"oomdoctor-oom-snapshot-{os.getpid()}.pickle"
 
 
 def _phase_of(frames: list[dict[str, Any]]) -> str | None:
@@ -790,32 +758,6 @@ def _phase_of(frames: list[dict[str, Any]]) -> str | None:
         if "/nn/modules/" in name:
             return "forward"
     return None
-
-
-def _cuda_allocated(index: int) -> tuple[int, int, int]:
-    """(current allocated, peak allocated, peak reserved) bytes.
-
-    `torch.cuda.memory_allocated()` flattens every allocator statistic in Python (hundreds of
-    microseconds, several times per step): read the entries from the nested statistics instead.
-    """
-    try:
-        stats = torch._C._cuda_memoryStats(index)
-        allocated = stats["allocated_bytes"]["all"]
-        return allocated["current"], allocated["peak"], stats["reserved_bytes"]["all"]["peak"]
-    except (AttributeError, KeyError, TypeError):  # a private API: fall back to the public one
-        return (torch.cuda.memory_allocated(index), torch.cuda.max_memory_allocated(index),
-                torch.cuda.max_memory_reserved(index))
-
-
-def _allocator_stats(device: torch.device) -> dict[str, int] | None:
-    """The CUDA allocator's view at the failure: what the fragmentation diagnosis reads."""
-    try:
-        stats = torch.cuda.memory_stats(device)
-    except Exception:
-        return None
-    keys = ("allocated_bytes.all.current", "reserved_bytes.all.current", "inactive_split_bytes.all.current",
-            "num_alloc_retries", "num_ooms", "requested_bytes.all.current")
-    return {k: int(stats.get(k, 0)) for k in keys}
 
 
 def _unpack(tensor: torch.Tensor) -> torch.Tensor:
