@@ -771,6 +771,12 @@ def _with_other(by_category: dict[str, int], total: int) -> dict[str, int]:
 
 
 def _default_device() -> torch.device:
+    """`OOMDOCTOR_DEVICE` (e.g. `cpu` for a CPU-only script on a GPU machine), else the GPU if
+    there is one."""
+    import os
+
+    if os.environ.get("OOMDOCTOR_DEVICE"):
+        return torch.device(os.environ["OOMDOCTOR_DEVICE"])
     with contextlib.suppress(Exception):
         if torch.cuda.is_available():
             return torch.device("cuda", torch.cuda.current_device())

@@ -16,6 +16,8 @@ REPO = Path(__file__).resolve().parents[1]
 RECIPES = REPO / "recipes"
 
 os.environ.setdefault("COLUMNS", "100")  # rich output compares line by line
+# The suite's scripts run on CPU: watch the CPU also on a machine with a GPU (tests/gpu opt out).
+os.environ.setdefault("OOMDOCTOR_DEVICE", "cpu")
 
 
 def _top_saved_tensor_hooks():

@@ -30,6 +30,9 @@ def run(
         None, "--capacity", metavar="SIZE",
         help="Behave as if the device had SIZE bytes (e.g. 2GiB): OOMs happen past it, also on CPU."),
     exact: bool = typer.Option(False, "--exact", help="Watch every op of every step (slower on CPU)."),
+    device: Optional[str] = typer.Option(
+        None, "--device", metavar="DEVICE",
+        help="The device to watch: cpu, cuda, cuda:1. Default: $OOMDOCTOR_DEVICE, else the GPU if there is one."),
     steps: Optional[int] = typer.Option(None, "--steps", min=1, help="Stop the script after this many steps."),
     history: bool = typer.Option(
         True, "--history/--no-history",
@@ -58,20 +61,21 @@ def run(
     else:
         target = Target(script, None, args)
     size = parse_size(capacity) if capacity is not None else None
+    watched = _device(device)
     for path in (json, html, memory_viz):
         if path:
             check_writable(path)  # before the run: an hour of training must not lose its report
     check_target(target)
     kinds = _kinds(fail_on)
     if nproc_per_node:
-        options = _forwarded(json=json, html=html, quiet=quiet, capacity=capacity, exact=exact, steps=steps,
+        options = _forwarded(json=json, html=html, quiet=quiet, capacity=capacity, exact=exact, device=device, steps=steps,
                              history=history, fail_on=fail_on)
         if memory_viz:
             raise BadInput("--memory-viz is not supported with --nproc-per-node yet; run one rank under torchrun")
         return launch(nproc_per_node, options, target)
 
     session = Session(capacity=size, exact=exact, stop_after_steps=steps, command=target.describe(), json=json,
-                      html=html, quiet=quiet, history=history, memory_viz=memory_viz)
+                      html=html, quiet=quiet, history=history, memory_viz=memory_viz, device=watched)
 
     failed: list[str] = []
 
@@ -90,6 +94,20 @@ def run(
         print(f"oomdoctor: failing the run: found {', '.join(failed)} (--fail-on)", file=sys.stderr)
         return 1
     return code
+
+
+def _device(name: str | None):
+    if name is None:
+        return None
+    import torch
+
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError):
+        raise BadInput(f"--device: not a device: {name!r} (cpu, cuda, cuda:1)") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise BadInput(f"--device {name}: no CUDA device here")
+    return device
 
 
 def _kinds(fail_on: str | None) -> set[str]:

@@ -46,7 +46,7 @@ def test_report_peak_equals_the_allocator_peak_of_the_same_loop():
     torch.cuda.reset_peak_memory_stats()
     _train(model, optimizer, 5)
     plain_peak = torch.cuda.max_memory_allocated()
-    with oomdoctor.track(quiet=True) as session:
+    with oomdoctor.track(quiet=True, device="cuda") as session:
         _train(model, optimizer, 5)
     report = session.report()
     print(f"\nallocator peak {plain_peak} B, oomdoctor peak {report.peak_bytes} B")
@@ -65,7 +65,7 @@ def test_breakdown_on_cuda_matches_hand_computed_sizes():
     model = _model()
     optimizer = torch.optim.Adam(model.parameters())
     params = sum(p.numel() for p in model.parameters()) * 4
-    with oomdoctor.track(quiet=True) as session:
+    with oomdoctor.track(quiet=True, device="cuda") as session:
         _train(model, optimizer, 3)
         live = session.breakdown()
     print(f"\nparams {params} B, breakdown {live}")
@@ -97,7 +97,7 @@ def test_a_real_cuda_oom_gets_its_postmortem_and_a_memory_viz_snapshot(tmp_path)
         for i in range(1000):
             chunks.append(torch.empty(256 * 1024 * 1024, dtype=torch.uint8, device="cuda"))  # line 5
     """))
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OOMDOCTOR_DEVICE": "cuda"}
     result = subprocess.run([sys.executable, "-m", "oomdoctor", "run", "--capacity", "2GiB", "--json", "r.json",
                              "grow.py"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     print(result.stderr[-3000:])
