@@ -103,3 +103,9 @@ def test_fail_on_turns_a_finding_into_exit_1(tmp_path):
     failing = run_cli("run", "--quiet", "--capacity", "1MiB", "--fail-on", "near-capacity", "s.py", cwd=tmp_path)
     assert failing.returncode == 1 and failing.stdout == "ran\n"
     assert "near-capacity (--fail-on)" in failing.stderr
+
+
+def test_bad_device(tmp_path):
+    (tmp_path / "s.py").write_text("print('ran')\n")
+    line = _one_line_error(run_cli("run", "--device", "tpu9", "s.py", cwd=tmp_path))
+    assert "not a device" in line
