@@ -39,9 +39,9 @@ import torch
 
 from .. import attribution
 
-# Gradients too: the ledger files a saved activation under gradients once a backward op made
-# a view of it; real `.grad` tensors are created once (or freed each step), so they leave no
-# survivors step after step.
+# Gradients too: storages created during backward are filed under gradients, and one the user
+# keeps from step to step (a hook that stores them) is a leak like any other; real `.grad`
+# tensors are created once (or freed each step), so they leave no survivors step after step.
 GROWING = ("activations", "other", "gradients")
 KEEP = 64  # creation steps, scans and holder measurements kept per list
 TOP_SITES = 8
