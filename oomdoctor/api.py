@@ -76,7 +76,7 @@ def watch(fn: Callable[..., Any] | None = None, **options: Any) -> Any:
 
     def stop() -> Report | None:
         """End the session this decorator started, print/write its report, and return it."""
-        from .output import emit
+        from .report.output import emit
 
         session = owned.get("session")
         if session is None:

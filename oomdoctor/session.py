@@ -33,7 +33,7 @@ from .probes.events import AllocationRecorder
 from .probes.ledger import Ledger, LedgerMode
 from torch.utils._python_dispatch import _get_current_dispatch_mode
 from .report.model import CATEGORIES, Device, ExitInfo, Report, Step, empty_categories
-from .timeline import Timeline
+from .core.timeline import Timeline
 
 # Steps measured exactly with the ledger's dispatch mode on CPU: the first ones (lazily created
 # optimizer state, warm-up) and then one in `sample_every`. An exact step costs ~3x on op-heavy
@@ -198,7 +198,7 @@ class Session:
         return self.start()
 
     def __exit__(self, exc_type, exc, tb) -> None:
-        from .output import emit  # late: output imports renderers that import this module
+        from .report.output import emit  # late: output imports renderers that import this module
 
         report = self.stop(exc if exc is not None and not isinstance(exc, StepLimitReached) else None)
         emit(report, quiet=self.quiet, json_path=self.json_path, html_path=self.html_path)
@@ -322,7 +322,7 @@ class Session:
             if self._on_cuda:
                 cuda.dump_snapshot(self.memory_viz)
             elif self.recorder is not None:
-                from .memviz import write_snapshot
+                from .gpu.memviz import write_snapshot
 
                 write_snapshot(self.recorder, self.memory_viz)
             self.notes.append(f"memory snapshot: {self.memory_viz} (open it at https://pytorch.org/memory_viz)")
@@ -675,8 +675,8 @@ class Session:
 
     # -- report --------------------------------------------------------------------------------
     def _build_report(self, exc: BaseException | None, exit_code: int | None) -> Report:
-        from .confirm import confirm_with_lint
-        from .detectors import run_detectors
+        from .diagnosis.confirm import confirm_with_lint
+        from .diagnosis.detectors import run_detectors
 
         t = self.timeline
         findings, notes = run_detectors(t)

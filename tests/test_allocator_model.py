@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 
-from oomdoctor.allocator_model import AllocatorModel, AllocatorOutOfMemory, allocation_size, round_size
+from oomdoctor.gpu.allocator_model import AllocatorModel, AllocatorOutOfMemory, allocation_size, round_size
 
 KiB, MiB = 1024, 1024**2
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import textwrap
 
-from oomdoctor.confirm import confirm_with_lint
+from oomdoctor.diagnosis.confirm import confirm_with_lint
 from oomdoctor.report.model import Finding, Location
 
 LOOP = textwrap.dedent("""

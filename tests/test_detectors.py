@@ -6,9 +6,9 @@ so each rule that decides between a finding and silence is checked on its own.
 """
 from __future__ import annotations
 
-from oomdoctor.detectors import growth, missing_no_grad, retained_graph, run_detectors
+from oomdoctor.diagnosis.detectors import growth, missing_no_grad, retained_graph, run_detectors
 from oomdoctor.report.model import Step
-from oomdoctor.timeline import Timeline
+from oomdoctor.core.timeline import Timeline
 
 KiB = 1024
 MiB = 1024 * KiB

@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 import oomdoctor
 from conftest import run_cli
 from oomdoctor.cli import main
-from oomdoctor.explain import explain, find_messages, parse
+from oomdoctor.gpu.explain import explain, find_messages, parse
 
 KiB, MiB, GiB = 1024, 1024**2, 1024**3
 

@@ -17,7 +17,7 @@ import pytest
 
 from conftest import run_cli
 from oomdoctor.cli import main
-from oomdoctor.nvml import NoDriver, nvml_gap_note, read_gpus
+from oomdoctor.gpu.nvml import NoDriver, nvml_gap_note, read_gpus
 
 MiB, GiB = 1024**2, 1024**3
 

@@ -7,7 +7,7 @@ import pickle
 import textwrap
 
 from conftest import run_cli
-from oomdoctor.memviz import load_snapshot
+from oomdoctor.gpu.memviz import load_snapshot
 
 SCRIPT = textwrap.dedent("""
     import torch

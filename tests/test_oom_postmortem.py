@@ -5,7 +5,7 @@ import json
 import re
 
 from conftest import RECIPES, run_cli
-from oomdoctor.remedies import Situation, batch_that_fits, rank
+from oomdoctor.diagnosis.remedies import Situation, batch_that_fits, rank
 
 MIB = 1024 * 1024
 RECIPE = RECIPES / "oom_big_batch.py"

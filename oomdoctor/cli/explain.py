@@ -18,7 +18,7 @@ from rich.table import Table
 from rich.text import Text
 
 from ..errors import BadInput
-from ..explain import Explanation, OomMessage, explain as explain_message, find_messages
+from ..gpu.explain import Explanation, OomMessage, explain as explain_message, find_messages
 from ._app import app
 
 

@@ -14,7 +14,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from ..nvml import Gpu, read_gpus
+from ..gpu.nvml import Gpu, read_gpus
 from ..sizes import format_bytes
 from ._app import app
 

@@ -8,8 +8,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from ..memviz import load_snapshot, summarize
-from ..output import emit
+from ..gpu.memviz import load_snapshot, summarize
+from ..report.output import emit
 from ..report.json import check_writable, load_json
 from ..sizes import format_bytes
 from ._app import app

@@ -9,7 +9,7 @@ import typer
 
 from ..distributed import current_rank, finish_rank
 from ..errors import BadInput
-from ..output import emit
+from ..report.output import emit
 from ..report.json import check_writable
 from ..report.model import FINDING_KINDS
 from ..runner import Target, check_target, run_target

@@ -65,7 +65,7 @@ class Attachment:
             if exc is not None:
                 session.record_exception(exc)
             return None
-        from ..output import emit  # late: output imports the renderers
+        from ..report.output import emit  # late: output imports the renderers
 
         report = session.stop(exc)
         emit(report, quiet=self.quiet, json_path=self.json_path, html_path=self.html_path)

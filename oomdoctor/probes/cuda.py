@@ -64,7 +64,7 @@ def snapshot_next_to(json_path: str | None) -> str:
 
 def device_view(device: torch.device, reserved_peak: int) -> tuple[dict[str, Any], str | None]:
     """PyTorch's reserved bytes beside what NVML sees in use, and the note explaining the gap."""
-    from ..nvml import NoDriver, nvml_gap_note, read_gpus
+    from ..gpu.nvml import NoDriver, nvml_gap_note, read_gpus
 
     view: dict[str, Any] = {"torch_reserved_bytes": torch.cuda.memory_reserved(device),
                             "reserved_peak_bytes": reserved_peak}

@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 from collections import deque
 
-from ..allocator_model import AllocatorModel, AllocatorOutOfMemory
+from ..gpu.allocator_model import AllocatorModel, AllocatorOutOfMemory
 from .ledger import Site
 
 MAX_EVENTS = 100_000

@@ -35,8 +35,8 @@ from typing import Any
 
 import torch
 
-from .. import attribution
-from ..attribution import MARKER_KEY
+from ..diagnosis import attribution
+from ..diagnosis.attribution import MARKER_KEY
 
 OLD = 2  # a graph is old once this many steps (or forwards at its call site) followed it
 MIN_OLD = 3  # old graphs alive from this many steps (or forwards): something holds them

@@ -37,7 +37,7 @@ from typing import Any
 
 import torch
 
-from .. import attribution
+from ..diagnosis import attribution
 
 # Gradients too: storages created during backward are filed under gradients, and one the user
 # keeps from step to step (a hook that stores them) is a leak like any other; real `.grad`

@@ -12,8 +12,8 @@ import warnings
 import pytest
 import torch
 
-from oomdoctor.allocator_model import AllocatorModel, AllocatorOutOfMemory
-from oomdoctor.explain import explain, parse
+from oomdoctor.gpu.allocator_model import AllocatorModel, AllocatorOutOfMemory
+from oomdoctor.gpu.explain import explain, parse
 
 pytestmark = [pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
 

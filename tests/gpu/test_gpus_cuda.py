@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from conftest import run_cli
-from oomdoctor.nvml import nvml_gap_note
+from oomdoctor.gpu.nvml import nvml_gap_note
 
 pytestmark = [pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
 

@@ -9,9 +9,9 @@ and gives the fix as before/after code.
 """
 from __future__ import annotations
 
-from ..report.model import Finding, Location, Remedy
-from ..sizes import format_bytes
-from ..timeline import Timeline
+from ...report.model import Finding, Location, Remedy
+from ...sizes import format_bytes
+from ...core.timeline import Timeline
 
 
 def detect(timeline: Timeline) -> list[Finding]:

@@ -5,9 +5,9 @@ an OOM, so it is worth a warning even when the run succeeded.
 """
 from __future__ import annotations
 
-from ..report.model import Finding, Remedy
-from ..sizes import format_bytes
-from ..timeline import Timeline
+from ...report.model import Finding, Remedy
+from ...sizes import format_bytes
+from ...core.timeline import Timeline
 
 NEAR = 0.90  # peak above this share of capacity
 

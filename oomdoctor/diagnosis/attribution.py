@@ -31,7 +31,7 @@ import torch
 
 _SKIP = (
     os.path.dirname(torch.__file__) + os.sep,
-    os.path.dirname(os.path.abspath(__file__)) + os.sep,
+    os.path.dirname(os.path.abspath(sys.modules["oomdoctor"].__file__)) + os.sep,
     sysconfig.get_paths()["stdlib"] + os.sep,
 )
 _LIBRARIES = (os.sep + "site-packages" + os.sep, os.sep + "dist-packages" + os.sep)

@@ -32,7 +32,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Iterable
 
-from .sizes import format_bytes
+from ..sizes import format_bytes
 
 MiB = 1024**2
 K_MIN_BLOCK_SIZE = 512

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from typing import Callable
 
-from ..report.model import Finding
-from ..timeline import Timeline
+from ...report.model import Finding
+from ...core.timeline import Timeline
 from . import capacity, growth, missing_no_grad, oom, retained_graph
 
 Detector = Callable[[Timeline], list[Finding]]

@@ -8,8 +8,8 @@ from __future__ import annotations
 import os
 from dataclasses import replace
 
-from .lint import lint_file
-from .report.model import Finding
+from ..lint import lint_file
+from ..report.model import Finding
 
 STATIC_KINDS = ("retained-graph", "missing-no-grad", "memory-growth")
 

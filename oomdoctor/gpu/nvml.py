@@ -16,8 +16,8 @@ import importlib
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from .errors import OomdoctorError
-from .sizes import format_bytes
+from ..errors import OomdoctorError
+from ..sizes import format_bytes
 
 MiB = 1024**2
 

@@ -10,8 +10,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from .report.model import Remedy
-from .sizes import format_bytes
+from ..report.model import Remedy
+from ..sizes import format_bytes
 
 HEADROOM = 0.10  # keep this share of capacity free when recommending a batch size
 

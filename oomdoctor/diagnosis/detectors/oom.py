@@ -8,17 +8,18 @@ from __future__ import annotations
 
 import os
 import re
+import sys
 from typing import Any
 
 import torch
 
-from ..oom import oom_family
+from ...oom import oom_family
 from ..remedies import Situation, rank
-from ..report.model import Finding, Location, Remedy
-from ..sizes import format_bytes
-from ..timeline import Timeline
+from ...report.model import Finding, Location, Remedy
+from ...sizes import format_bytes
+from ...core.timeline import Timeline
 
-_OURS = (os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep,
+_OURS = (os.path.dirname(os.path.abspath(sys.modules["oomdoctor"].__file__)) + os.sep,
          os.path.dirname(torch.__file__) + os.sep)
 _REQUESTED = re.compile(r"Tried to allocate ([0-9.]+) ?(bytes|B|KiB|MiB|GiB|TiB)", re.IGNORECASE)
 _UNITS = {"bytes": 1, "b": 1, "kib": 1024, "mib": 1024**2, "gib": 1024**3, "tib": 1024**4}

@@ -10,7 +10,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
-from .report.model import Step
+from ..report.model import Step
 
 HEAD = 16
 TAIL = 240

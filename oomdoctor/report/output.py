@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import sys
 
-from .errors import OomdoctorError
-from .report.model import Report
+from ..errors import OomdoctorError
+from .model import Report
 
 
 def emit(report: Report, *, quiet: bool = False, json_path: str | None = None, html_path: str | None = None) -> None:
@@ -16,19 +16,19 @@ def emit(report: Report, *, quiet: bool = False, json_path: str | None = None, h
     if html_path:
         _save(lambda: _write_html(report, html_path), html_path)
     if not quiet:
-        from .report.console import print_report
+        from .console import print_report
 
         print_report(report, file=sys.stderr)
 
 
 def _write_json(report: Report, path: str) -> None:
-    from .report.json import write_json
+    from .json import write_json
 
     write_json(report, path)
 
 
 def _write_html(report: Report, path: str) -> None:
-    from .report.html import write_html
+    from .html import write_html
 
     write_html(report, path)
 

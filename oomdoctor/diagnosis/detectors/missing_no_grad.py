@@ -9,9 +9,9 @@ last forward may have been cut short before its backward: such a site needs two 
 """
 from __future__ import annotations
 
-from ..report.model import Finding, Location, Remedy
-from ..sizes import format_bytes
-from ..timeline import Timeline
+from ...report.model import Finding, Location, Remedy
+from ...sizes import format_bytes
+from ...core.timeline import Timeline
 
 
 def detect(timeline: Timeline) -> list[Finding]:

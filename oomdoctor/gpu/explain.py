@@ -22,8 +22,8 @@ import re
 from dataclasses import asdict, dataclass, field
 from decimal import Decimal
 
-from .oom import oom_family
-from .sizes import format_bytes
+from ..oom import oom_family
+from ..sizes import format_bytes
 
 GiB = 1024**3
 CUDA_CONTEXT = 512 * 1024**2  # a CUDA context holds about 300-600 MiB outside PyTorch's allocator

@@ -15,8 +15,8 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from .errors import BadInput
-from .probes.events import AllocationRecorder
+from ..errors import BadInput
+from ..probes.events import AllocationRecorder
 
 
 def write_snapshot(recorder: AllocationRecorder, path: str | Path) -> None:

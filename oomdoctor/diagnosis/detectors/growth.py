@@ -19,9 +19,9 @@ import math
 import statistics
 from dataclasses import dataclass
 
-from ..report.model import Finding, Location, Remedy
-from ..sizes import format_bytes
-from ..timeline import Timeline
+from ...report.model import Finding, Location, Remedy
+from ...sizes import format_bytes
+from ...core.timeline import Timeline
 
 WARMUP = 3  # steps left out of the series: optimizer state, caches, first batches
 MIN_RATE = 1024  # bytes per step worth reporting
