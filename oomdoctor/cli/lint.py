@@ -1,4 +1,4 @@
-"""`oomdoctor lint`: check scripts for memory bugs without running them (see oomdoctor/lint.py).
+"""`oomdoctor lint`: check scripts for memory bugs without running them (see oomdoctor/lint/).
 
 Findings go to stdout as text (`file:line: KIND message`, why, and the fix as before/after) or as
 JSON (`oomdoctor.lint/1`); a file that cannot be read or parsed is one error line on stderr and the
