@@ -13,10 +13,15 @@ import io
 import pickle
 from collections import Counter
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..errors import BadInput
-from ..probes.events import AllocationRecorder
+from ..report.text import clean
+
+if TYPE_CHECKING:  # the reader must not import torch (the recorder's module does)
+    from ..probes.events import AllocationRecorder
+
+MAX_SNAPSHOT_BYTES = 2**30  # a CUDA snapshot of a long trace is hundreds of MiB
 
 
 def write_snapshot(recorder: AllocationRecorder, path: str | Path) -> None:
@@ -41,36 +46,109 @@ class _PlainDataUnpickler(pickle.Unpickler):
 def load_snapshot(path: str | Path) -> dict[str, Any]:
     """Read a snapshot safely; anything else is a one-line BadInput."""
     path = Path(path)
+    name = clean(path, 200)
     try:
-        data = _PlainDataUnpickler(io.BytesIO(path.read_bytes())).load()
-    except FileNotFoundError:
-        raise BadInput(f"no such file: {path}") from None
-    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, IndexError) as exc:
-        raise BadInput(f"{path} is not a memory snapshot: {exc}") from None
+        if path.is_dir():
+            raise BadInput(f"{name} is a folder, not a memory snapshot")
+        if not path.is_file():
+            raise BadInput(f"{name} is not a regular file" if path.exists() else f"no such file: {name}")
+        with path.open("rb") as handle:
+            raw = handle.read(MAX_SNAPSHOT_BYTES + 1)
+    except OSError as exc:
+        raise BadInput(f"cannot read {name}: {exc.strerror}") from None
+    if len(raw) > MAX_SNAPSHOT_BYTES:
+        raise BadInput(f"{name} is larger than {MAX_SNAPSHOT_BYTES >> 30} GiB")
+    try:
+        data = _PlainDataUnpickler(io.BytesIO(raw)).load()
+    # No code runs (find_class refuses every class), but plain opcodes can still fail in many ways:
+    # BUILD on a dict, a truncated stream, a stack underflow. Each is "not a snapshot".
+    except Exception as exc:  # noqa: BLE001
+        raise BadInput(f"{name} is not a memory snapshot: {clean(exc, 200)}") from None
     if not isinstance(data, dict) or "device_traces" not in data and "segments" not in data:
-        raise BadInput(f"{path} is not a memory snapshot (no segments or device_traces)")
+        raise BadInput(f"{name} is not a memory snapshot (no segments or device_traces)")
     return data
 
 
-def summarize(snapshot: dict[str, Any]) -> dict[str, Any]:
-    """What a snapshot says at a glance: reserved and allocated at its end, and where the live
-    memory of its trace was allocated."""
-    segments = snapshot.get("segments") or []
-    reserved = sum(s.get("total_size", 0) for s in segments)
-    allocated = sum(s.get("allocated_size", 0) for s in segments)
-    live: dict[int, dict[str, Any]] = {}
-    for trace in snapshot.get("device_traces") or []:
-        for event in trace:
-            if event.get("action") == "alloc":
-                live[event.get("addr")] = event
-            elif event.get("action") in ("free_completed", "free_requested"):
-                live.pop(event.get("addr"), None)
+def summarize(snapshot: dict[str, Any], name: str = "snapshot") -> dict[str, Any]:
+    """What a snapshot says at a glance: its segments (CUDA: reserved and allocated at the end),
+    its trace (events, allocations, frees, the peak of live memory and what is live at the end),
+    and the lines that allocated what is live at the end. Malformed parts are a BadInput."""
+    segments = _list(snapshot.get("segments"), f"{name}: segments")
+    reserved = allocated = 0
+    for i, segment in enumerate(segments):
+        where = f"{name}: segments[{i}]"
+        reserved += _size(_dict(segment, where), "total_size", where)
+        allocated += _size(segment, "allocated_size", where)
+    events = [(f"{name}: device_traces[{d}][{i}]", e)
+              for d, trace in enumerate(_list(snapshot.get("device_traces"), f"{name}: device_traces"))
+              for i, e in enumerate(_list(trace, f"{name}: device_traces[{d}]"))]
+    actions: Counter = Counter()
+    for where, event in events:
+        actions[_action(_dict(event, where), where)] += 1
+    # CUDA traces say free_requested then free_completed; count a free once, when it completes.
+    frees = ("free_completed",) if actions["free_completed"] else ("free_requested",)
+    live: dict[Any, tuple[str, dict]] = {}
+    live_bytes = peak = 0
+    for where, event in events:
+        action = event.get("action")
+        if action in ("alloc", *frees):
+            address = _int(event, "addr", where)
+            if action == "alloc":
+                live_bytes += _size(event, "size", where) - _size(live.get(address, ("", {}))[1], "size", where)
+                live[address] = (where, event)
+            elif address in live:
+                live_bytes -= _size(live.pop(address)[1], "size", where)
+            peak = max(peak, live_bytes)
     by_line: Counter = Counter()
-    for event in live.values():
-        frames = event.get("frames") or []
-        top = next((f for f in frames if "site-packages" not in f.get("filename", "")), frames[0] if frames else None)
-        key = f"{top['filename']}:{top['line']}" if top else "(no stack)"
-        by_line[key] += event.get("size", 0)
+    for where, event in live.values():
+        by_line[_top_line(event, where)] += _size(event, "size", where)
+    source = snapshot.get("allocator_settings")
     return {"segments": len(segments), "reserved_bytes": reserved, "allocated_bytes": allocated,
-            "live_in_trace_bytes": sum(e.get("size", 0) for e in live.values()),
-            "top_lines": by_line.most_common(10)}
+            "events": len(events), "allocations": actions["alloc"], "frees": sum(actions[a] for a in frees),
+            "peak_live_bytes": peak, "live_in_trace_bytes": live_bytes, "top_lines": by_line.most_common(10),
+            "source": clean(source.get("source"), 200) if isinstance(source, dict) and source.get("source") else None}
+
+
+def _top_line(event: dict, where: str) -> str:
+    """The innermost frame outside site-packages (the user's line), else the innermost frame."""
+    frames = _list(event.get("frames"), f"{where}.frames")
+    for i, frame in enumerate(frames):
+        if not isinstance(frame, dict):
+            raise BadInput(f"{where}.frames[{i}] is not a frame")
+    top = next((f for f in frames if "site-packages" not in str(f.get("filename", ""))), frames[0] if frames else None)
+    return f"{clean(top.get('filename'), 300)}:{clean(top.get('line'), 20)}" if top else "(no stack)"
+
+
+def _list(value: Any, where: str) -> list:
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise BadInput(f"{where} is not a list")
+    return value
+
+
+def _dict(value: Any, where: str) -> dict:
+    if not isinstance(value, dict):
+        raise BadInput(f"{where} is a {type(value).__name__}, not a dict")
+    return value
+
+
+def _action(event: dict, where: str) -> str:
+    action = event.get("action")
+    if not isinstance(action, str):
+        raise BadInput(f"{where}.action is not a string")
+    return action
+
+
+def _int(event: dict, key: str, where: str) -> int:
+    value = event.get(key, 0)
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise BadInput(f"{where}.{key} is not an integer but {type(value).__name__}")
+    return value
+
+
+def _size(event: dict, key: str, where: str) -> int:
+    value = _int(event, key, where)
+    if value < 0:
+        raise BadInput(f"{where}.{key} is negative")
+    return value

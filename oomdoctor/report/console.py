@@ -7,6 +7,7 @@ line, evidence and fix.
 from __future__ import annotations
 
 import os
+import sys
 from typing import IO
 
 from rich.console import Console, Group
@@ -17,40 +18,58 @@ from rich.text import Text
 
 from ..sizes import format_bytes
 from .model import CATEGORIES, Finding, Report, Step
+from .text import CODE, ITEMS, TEXT, TITLE, clean, more
 
 _BLOCKS = " ▁▂▃▄▅▆▇█"
 _COLORS = {"parameters": "blue", "gradients": "magenta", "optimizer_state": "yellow",
            "activations": "green", "other": "white"}
 _SEVERITY = {"error": "bold red", "warning": "yellow", "info": "cyan"}
+DEFAULT_WIDTH = 100  # when the output is not a terminal and COLUMNS is not set
+MIN_WIDTH, MAX_WIDTH = 40, 500
+REMEDIES = 10  # per finding
 
 
 def print_report(report: Report, file: IO[str] | None = None) -> None:
-    console = Console(file=file, width=_width(), highlight=False)
-    console.print(render(report))
+    width = terminal_width(file)
+    # markup=False: no string of the report is ever read as rich markup ("[/]" in an argv).
+    console = Console(file=file, width=width, highlight=False, markup=False, emoji=False)
+    console.print(render(report, width))
 
 
-def render(report: Report) -> Group:
+def terminal_width(file: IO[str] | None = None) -> int:
+    """COLUMNS when set, else the terminal's width, else DEFAULT_WIDTH (a pipe or a file)."""
+    columns = os.environ.get("COLUMNS", "").strip()
+    if columns.isdigit() and int(columns) > 0:
+        return min(max(int(columns), MIN_WIDTH), MAX_WIDTH)
+    try:
+        stream = file if file is not None else sys.stdout
+        if stream.isatty():
+            return min(max(os.get_terminal_size(stream.fileno()).columns, MIN_WIDTH), MAX_WIDTH)
+    except (AttributeError, OSError, ValueError):  # a StringIO, a closed or odd stream
+        pass
+    return DEFAULT_WIDTH
+
+
+def render(report: Report, width: int = DEFAULT_WIDTH) -> Group:
     parts: list = [_header(report)]
     steps = report.steps
     if steps:
-        parts += [_timeline(report), _notable_steps(report)]
+        parts += [_timeline(report, width), _notable_steps(report), _notable_legend(report)]
     parts.append(_breakdown(report))
-    for i, finding in enumerate(report.findings_by_stake(), 1):
+    findings = report.findings_by_stake()
+    for i, finding in enumerate(findings[:ITEMS], 1):
         parts.append(_finding(i, finding))
+    if len(findings) > ITEMS:
+        parts.append(Text(more(ITEMS, len(findings), "findings"), style="dim"))
     if not report.findings:
         parts.append(Text("No memory problem found.", style="green"))
     if report.batch:
         parts.append(_batch(report.batch))
-    for note in report.notes:
-        parts.append(Text(note, style="dim"))
+    for note in report.notes[:ITEMS]:
+        parts.append(Text(clean(note), style="dim"))
+    if len(report.notes) > ITEMS:
+        parts.append(Text(more(ITEMS, len(report.notes), "notes"), style="dim"))
     return Group(*parts)
-
-
-def _width() -> int:
-    try:
-        return int(os.environ.get("COLUMNS", "")) or 100
-    except ValueError:
-        return 100
 
 
 def _header(report: Report) -> Panel:
@@ -59,23 +78,39 @@ def _header(report: Report) -> Panel:
     if d.simulated:
         capacity += " (simulated)"
     lines = Text()
-    lines.append(f"device    {d.type}: {d.name}, capacity {capacity}\n")
-    lines.append(f"measured  {_ACCOUNTING.get(report.accounting, report.accounting)}\n")
+    if report.command:
+        lines.append("command   ")
+        lines.append(clean(" ".join(report.command), TEXT) + "\n", style="bold")
+    lines.append(f"device    {clean(d.type, TITLE)}: {clean(d.name, TITLE)}, capacity {capacity}\n")
+    lines.append(f"measured  {clean(_ACCOUNTING.get(report.accounting, report.accounting), TITLE)}\n")
     peak_at = f" at step {report.peak_step}" if report.peak_step is not None else ""
+    estimated = _estimated_peak(report)
     lines.append("peak      ")
-    lines.append(f"{format_bytes(report.peak_bytes)}{peak_at}", style="bold")
+    lines.append(f"{'~' if estimated else ''}{format_bytes(report.peak_bytes)}{peak_at}", style="bold")
     if d.capacity_bytes:
         lines.append(f" ({report.peak_bytes / d.capacity_bytes:.0%} of capacity)")
+    if estimated:
+        lines.append(f"  {_TILDE}", style="dim")
     lines.append(f"\nsteps     {report.steps_total}")
     if report.ranks:
         heaviest = max(report.ranks, key=lambda r: r.peak_bytes)
         lines.append(f"\nranks     {len(report.ranks)}, timeline of rank {heaviest.rank} (highest peak): "
-                     + ", ".join(f"rank {r.rank} {format_bytes(r.peak_bytes)}" for r in report.ranks))
+                     + ", ".join(f"rank {r.rank} {format_bytes(r.peak_bytes)}" for r in report.ranks[:ITEMS])
+                     + (" …" if len(report.ranks) > ITEMS else ""))
     if report.exit.exception:
         lines.append("\nended     ")
-        lines.append(report.exit.exception[:300], style="red")
-    title = "oomdoctor" + (f" · {' '.join(report.command)}" if report.command else "")
-    return Panel(lines, title=title, title_align="left")
+        lines.append(clean(report.exit.exception, 1000), style="red")
+    return Panel(lines, title=Text("oomdoctor"), title_align="left")
+
+
+_TILDE = "~ estimated: this step was not watched op by op (oomdoctor run --exact watches every op)"
+
+
+def _estimated_peak(report: Report) -> bool:
+    """The peak comes from a step measured by hooks only (found by its value when no step is named)."""
+    at_peak = (lambda s: s.index == report.peak_step) if report.peak_step is not None else (
+        lambda s: s.peak_bytes == report.peak_bytes)
+    return any(at_peak(s) and not s.exact for s in report.steps)
 
 
 _ACCOUNTING = {
@@ -93,8 +128,8 @@ def sparkline(values: list[int], top: int | None = None) -> str:
     return "".join(_BLOCKS[max(1, min(8, round(8 * v / top)))] for v in values)
 
 
-def _timeline(report: Report) -> Text:
-    steps = _thin(report.steps, _width() - 12)
+def _timeline(report: Report, width: int) -> Text:
+    steps = _thin(report.steps, width - 8)
     top = max(max(s.peak_bytes for s in steps), report.device.capacity_bytes or 0)
     text = Text("Memory per step", style="bold")
     if len(steps) < len(report.steps) or report.steps_total > len(report.steps):
@@ -130,23 +165,35 @@ def notable(steps: list[Step], peak_step: int | None, limit: int = 8) -> list[St
 
 
 def _notable_steps(report: Report) -> Table:
-    table = Table(title="Notable steps", title_justify="left", show_edge=False, pad_edge=False)
+    table = Table(title=Text("Notable steps"), title_justify="left", show_edge=False, pad_edge=False)
     for name in ("step", "start", "peak", "end", "Δ end", "time"):
-        table.add_column(name, justify="right")
+        table.add_column(Text(name), justify="right")
     previous = {s.index: p for p, s in zip(report.steps, report.steps[1:])}
     for step in notable(report.steps, report.peak_step):
         before = previous.get(step.index)
         delta = format_bytes(step.end_bytes - before.end_bytes, signed=True) if before else ""
         style = "bold red" if step.index == report.peak_step else None
         mark = "" if step.exact else "~"
-        table.add_row(str(step.index), format_bytes(step.start_bytes), mark + format_bytes(step.peak_bytes),
-                      format_bytes(step.end_bytes), delta, f"{step.duration_s * 1000:.1f} ms", style=style)
+        cells = (str(step.index), format_bytes(step.start_bytes), mark + format_bytes(step.peak_bytes),
+                 format_bytes(step.end_bytes), delta, f"{step.duration_s * 1000:.1f} ms")
+        table.add_row(*(Text(cell) for cell in cells), style=style)
     return table
+
+
+def _notable_legend(report: Report) -> Text:
+    """What the table picked and what `~` means, once, right under it."""
+    shown = len(notable(report.steps, report.peak_step))
+    picked = "every kept step" if shown == len(report.steps) else "first two, peak, largest rises of Δ end, last"
+    text = Text(f"  Notable steps: {picked}. Δ end: change of end-of-step memory.", style="dim")
+    if any(not s.exact for s in report.steps):
+        text.append(f"\n  {_TILDE}.", style="dim")
+    return text
 
 
 def _breakdown(report: Report) -> Table:
     total = sum(report.peak_by_category.get(c, 0) for c in CATEGORIES) or 1
-    table = Table(title="At the peak", title_justify="left", show_edge=False, show_header=False, pad_edge=False)
+    table = Table(title=Text("At the peak"), title_justify="left", show_edge=False, show_header=False,
+                  pad_edge=False)
     table.add_column("category")
     table.add_column("bytes", justify="right")
     table.add_column("share", justify="right")
@@ -154,33 +201,35 @@ def _breakdown(report: Report) -> Table:
     for category in CATEGORIES:
         value = report.peak_by_category.get(category, 0)
         share = value / total
-        table.add_row(category.replace("_", " "), format_bytes(value), f"{share:.0%}",
-                      Text("█" * round(30 * share), style=_COLORS[category]))
+        table.add_row(Text(category.replace("_", " ")), Text(format_bytes(value)), Text(f"{share:.0%}"),
+                      Text("█" * round(30 * min(share, 1)), style=_COLORS[category]))
     return table
 
 
 def _finding(number: int, finding: Finding) -> Panel:
-    body: list = []
+    # The title opens the body, not the frame: a frame's title is cut to the width, the body wraps.
+    body: list = [Text(clean(finding.title, TITLE), style="bold")]
     if finding.location:
         loc = finding.location
-        body.append(Text(f"{loc.file}:{loc.line} in {loc.function}", style="bold"))
+        body.append(Text(f"{clean(loc.file, TITLE)}:{loc.line} in {clean(loc.function, TITLE)}", style="bold"))
         if loc.code:
-            body.append(Text(f"    {loc.code}", style="cyan"))
-    body.append(Text(finding.detail))
+            body.append(Text(f"    {clean(loc.code, CODE)}", style="cyan"))
+    body.append(Text(clean(finding.detail)))
     if finding.remedy:
-        body.append(Text.assemble(("fix: ", "bold green"), finding.remedy))
-    for remedy in finding.remedies:
+        body.append(Text.assemble(("fix: ", "bold green"), clean(finding.remedy)))
+    for remedy in finding.remedies[:REMEDIES]:
         saves = f" (saves {format_bytes(remedy.saves_bytes)})" if remedy.saves_bytes else ""
-        body.append(Text.assemble(("  • ", "green"), remedy.title, (saves, "bold")))
+        body.append(Text.assemble(("  • ", "green"), clean(remedy.title, TITLE), (saves, "bold")))
         if remedy.detail:
-            body.append(Text(f"    {remedy.detail}", style="dim"))
+            body.append(Text(f"    {clean(remedy.detail)}", style="dim"))
         if remedy.before and remedy.after:
-            body.append(Syntax(f"# before\n{remedy.before}\n# after\n{remedy.after}", "python",
-                               theme="ansi_dark", background_color="default"))
+            code = f"# before\n{clean(remedy.before, CODE)}\n# after\n{clean(remedy.after, CODE)}"
+            body.append(Syntax(code, "python", theme="ansi_dark", background_color="default", word_wrap=True))
+    if len(finding.remedies) > REMEDIES:
+        body.append(Text(f"  {more(REMEDIES, len(finding.remedies), 'remedies')}", style="dim"))
     stake = f" · {format_bytes(finding.bytes)} at stake" if finding.bytes else ""
-    title = Text.assemble((f"{number}. {finding.kind}", _SEVERITY.get(finding.severity, "")),
-                          f" · {finding.title}{stake}")
-    return Panel(Group(*body), title=title, title_align="left", border_style=_SEVERITY.get(finding.severity))
+    title = Text.assemble((f"{number}. {clean(finding.kind, 40)}", _SEVERITY.get(finding.severity, "")), stake)
+    return Panel(Group(*body), title=title, title_align="left", border_style=_SEVERITY.get(finding.severity, ""))
 
 
 def _batch(batch: dict) -> Text:

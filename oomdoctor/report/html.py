@@ -3,15 +3,18 @@
 `render_html(report) -> str`; `write_html(report, path)` saves it (a one-line `BadInput` when the
 folder does not exist). The file loads nothing from anywhere: inline CSS, an inline SVG chart
 (`svg.py`), one line of inline script, system fonts, and a Content-Security-Policy that forbids
-any network load. Every string that comes from the user's run (file names, code, messages) is
-escaped. Order, as in the terminal report: what ran and where, the peak and how the run ended,
-memory per step, the breakdown at the peak, the findings ranked by the memory at stake, the batch
-size recommendation, the ranks of a multi-process run; oomdoctor's own notes sit small under the
-header.
-Numbers read from a saved JSON file are escaped too: that file may come from anywhere.
+any network load and runs no script but ours (allowed by its hash, so an injected one would not
+run even if escaping failed). Every value of the report, strings and numbers alike, is escaped,
+cut to a readable length and cleaned of control characters (`text.clean`): a saved JSON file may
+come from anywhere. Order, as in the terminal report: what ran and where, the peak and how the
+run ended, memory per step, the breakdown at the peak, the findings ranked by the memory at
+stake, the batch size recommendation (only when the report carries one), the ranks of a
+multi-process run; oomdoctor's own notes sit small under the header.
 """
 from __future__ import annotations
 
+import base64
+import hashlib
 import re
 import shlex
 from html import escape
@@ -22,7 +25,8 @@ from ..errors import BadInput
 from ..sizes import format_bytes
 from .json import check_writable
 from .model import Finding, Remedy, Report
-from .svg import COLORS, STACK, legend, timeline_svg
+from .svg import COLORS, STACK, chart_steps, legend, timeline_svg
+from .text import CODE, ITEMS, TEXT, TITLE, clean, more
 
 _ACCOUNTING = {
     "cuda-allocator": "CUDA caching allocator statistics (exact)",
@@ -30,22 +34,26 @@ _ACCOUNTING = {
     "ledger-sampled": "tensor ledger on sampled steps, hooks on the others (peaks between samples are estimates)",
     "hooks": "hooks on parameters, gradients, optimizer state and saved activations",
 }
-_CSP = "default-src 'none'; style-src 'unsafe-inline'; script-src 'unsafe-inline'; img-src data:"
+# Marks the page as fully drawn, for headless checks that no script failed before it.
+_SCRIPT = 'document.body.dataset.ready = "1";'
+_SCRIPT_HASH = base64.b64encode(hashlib.sha256(_SCRIPT.encode()).digest()).decode()
+# Inline style attributes (bar widths) need 'unsafe-inline' for styles; scripts never do.
+_CSP = f"default-src 'none'; style-src 'unsafe-inline'; script-src 'sha256-{_SCRIPT_HASH}'; img-src data:"
+REMEDIES = 10  # per finding
 
 
 def render_html(report: Report) -> str:
-    title = "oomdoctor · " + (shlex.join(report.command) if report.command else "memory report")
+    title = "oomdoctor · " + (_command(report.command) if report.command else "memory report")
     body = [_header(report), _notes(report), _timeline(report), _breakdown(report), _findings(report),
             _batch(report.batch, report.device.capacity_bytes), _ranks(report.ranks)]
     return (
         "<!doctype html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
         f'<meta http-equiv="Content-Security-Policy" content="{_CSP}">\n'
         '<meta name="viewport" content="width=device-width, initial-scale=1">\n'
-        f"<title>{escape(title)}</title>\n<style>{_CSS}</style>\n</head>\n<body>\n<main>\n"
+        f"<title>{_e(title, TITLE)}</title>\n<style>{_CSS}</style>\n</head>\n<body>\n<main>\n"
         + "\n".join(part for part in body if part)
-        + f'\n<footer>{escape(report.schema)} · made by oomdoctor</footer>\n</main>\n'
-        # Marks the page as fully drawn, for headless checks that no script failed before it.
-        '<script>document.body.dataset.ready = "1";</script>\n</body>\n</html>\n'
+        + f'\n<footer>{_e(report.schema, TITLE)} · made by oomdoctor</footer>\n</main>\n'
+        f"<script>{_SCRIPT}</script>\n</body>\n</html>\n"
     )
 
 
@@ -58,40 +66,50 @@ def write_html(report: Report, path: str | Path) -> None:
         raise BadInput(f"cannot write {path}: {exc.strerror}") from None
 
 
-def _text(value: Any) -> str:
+def _e(value: Any, limit: int = TEXT) -> str:
+    """Any value of the report as HTML text: cleaned, cut to `limit`, escaped (quotes too)."""
+    return escape(clean(value, limit))
+
+
+def _text(value: Any, limit: int = TEXT) -> str:
     """Escape, then show `backticked` words as code: details and remedies quote code that way."""
-    return re.sub(r"`([^`]+)`", r"<code>\1</code>", escape(str(value)))
+    return re.sub(r"`([^`]+)`", r"<code>\1</code>", _e(value, limit))
+
+
+def _command(command: list[str]) -> str:
+    return shlex.join(clean(arg, TEXT) for arg in command)
 
 
 def _header(report: Report) -> str:
     d = report.device
-    command = shlex.join(report.command) if report.command else "(no command recorded)"
-    capacity = escape(format_bytes(d.capacity_bytes)) if d.capacity_bytes else "unlimited"
+    command = _command(report.command) if report.command else "(no command recorded)"
+    capacity = _e(format_bytes(d.capacity_bytes)) if d.capacity_bytes else "unlimited"
     badge = ' <span class="badge simulated">simulated</span>' if d.simulated else ""
-    where = escape(d.type + (f":{d.index}" if d.index is not None else ""))
-    peak_at = escape(f"at step {report.peak_step}") if report.peak_step is not None else "outside any step"
+    where = _e(str(d.type) + (f":{d.index}" if d.index is not None else ""), TITLE)
+    peak_at = _e(f"at step {report.peak_step}") if report.peak_step is not None else "outside any step"
     share = ""
     if d.capacity_bytes:
         ratio = report.peak_bytes / d.capacity_bytes
         level = "bad" if ratio >= 1 else ("warn" if ratio >= 0.9 else "ok")
         share = (f'<div class="meter {level}"><span style="width:{min(ratio, 1) * 100:.1f}%"></span></div>'
-                 f'<div class="sub">{ratio:.0%} of capacity</div>')
+                 f'<div class="sub">{_e(f"{ratio:.0%}")} of capacity</div>')
     exception = report.exit.exception
     ok = report.exit.code == 0 and not exception
-    raised = escape(exception.split(":")[0]) if exception else "no exception"
-    banner = f'<pre class="exception">{escape(exception)}</pre>' if exception else ""
+    raised = _e(exception.split(":")[0], TITLE) if exception else "no exception"
+    banner = f'<pre class="exception">{_e(exception)}</pre>' if exception else ""
     accounting = _ACCOUNTING.get(report.accounting, report.accounting)
+    steps = _e(f"{report.steps_total:,} step{'' if report.steps_total == 1 else 's'}")
     return f"""<header>
 <h1>oomdoctor memory report</h1>
-<div class="command"><code>{escape(command)}</code></div>
+<div class="command"><code>{_e(command)}</code></div>
 <div class="facts">
-<div class="fact"><h2>Peak</h2><div class="big">{escape(format_bytes(report.peak_bytes))}</div>
+<div class="fact"><h2>Peak</h2><div class="big">{_e(format_bytes(report.peak_bytes))}</div>
 <div class="sub">{peak_at}</div>{share}</div>
-<div class="fact"><h2>Device</h2><div class="big">{where}</div><div class="sub">{escape(d.name)}</div>
+<div class="fact"><h2>Device</h2><div class="big">{where}</div><div class="sub">{_e(d.name, TITLE)}</div>
 <div class="sub">capacity {capacity}{badge}</div></div>
-<div class="fact"><h2>Run</h2><div class="big">{report.steps_total:,} step{"" if report.steps_total == 1 else "s"}</div>
-<div class="sub">{report.duration_s:.1f} s</div><div class="sub">measured by {escape(accounting)}</div></div>
-<div class="fact"><h2>Outcome</h2><div class="big {"ok" if ok else "bad"}">exit {report.exit.code}</div>
+<div class="fact"><h2>Run</h2><div class="big">{steps}</div>
+<div class="sub">{_e(f"{report.duration_s:.1f}")} s</div><div class="sub">measured by {_e(accounting, TITLE)}</div></div>
+<div class="fact"><h2>Outcome</h2><div class="big {"ok" if ok else "bad"}">exit {_e(report.exit.code)}</div>
 <div class="sub">{raised}</div></div>
 </div>
 {banner}
@@ -101,7 +119,9 @@ def _header(report: Report) -> str:
 def _notes(report: Report) -> str:
     if not report.notes:
         return ""
-    items = "".join(f"<li>{escape(note)}</li>" for note in report.notes)
+    items = "".join(f"<li>{_e(note)}</li>" for note in report.notes[:ITEMS])
+    if len(report.notes) > ITEMS:
+        items += f"<li>{_e(more(ITEMS, len(report.notes), 'notes'))}</li>"
     return f'<ul class="notes">{items}</ul>'
 
 
@@ -110,9 +130,10 @@ def _timeline(report: Report) -> str:
         return ('<section id="timeline"><h2>Memory per step</h2><p class="empty">No step was recorded: '
                 "oomdoctor marks a step at each <code>optimizer.step()</code>, decorated call or "
                 "<code>session.step()</code>.</p></section>")
-    kept = len(report.steps)
-    shown = f"all {kept} steps" if report.steps_total <= kept else f"{kept} of {report.steps_total:,} steps"
-    return (f'<section id="timeline"><h2>Memory per step <span class="dim">{shown}; bars: peak by '
+    kept = len(chart_steps(report.steps))
+    total = max(report.steps_total, len(report.steps))
+    shown = f"all {kept} steps" if total <= kept else f"{kept} of {total:,} steps"
+    return (f'<section id="timeline"><h2>Memory per step <span class="dim">{_e(shown)}; bars: peak by '
             f"category, notch: start of the step, line: end of the step; hover a bar for numbers</span></h2>"
             f"{legend(report)}{timeline_svg(report)}</section>")
 
@@ -123,13 +144,13 @@ def _breakdown(report: Report) -> str:
     if not total:
         return ""
     bar = "".join(f'<span style="width:{v / total * 100:.2f}%;background:{COLORS[c]}" '
-                  f'title="{escape(c.replace("_", " "))}: {escape(format_bytes(v))}"></span>'
+                  f'title="{_e(c.replace("_", " "))}: {_e(format_bytes(v))}"></span>'
                   for c, v in values.items() if v)
     cells = "".join(
         f'<div><div class="sub"><i class="sw" style="background:{COLORS[c]}"></i>{c.replace("_", " ")}</div>'
-        f'<b>{escape(format_bytes(v))}</b> <span class="dim">{v / total:.0%}</span></div>'
+        f'<b>{_e(format_bytes(v))}</b> <span class="dim">{v / total:.0%}</span></div>'
         for c, v in values.items())
-    return (f'<section id="breakdown"><h2>At the peak <span class="dim">{escape(format_bytes(total))} by '
+    return (f'<section id="breakdown"><h2>At the peak <span class="dim">{_e(format_bytes(total))} by '
             f'category</span></h2><div class="stack">{bar}</div><div class="breakdown">{cells}</div></section>')
 
 
@@ -137,41 +158,45 @@ def _findings(report: Report) -> str:
     findings = report.findings_by_stake()
     if not findings:
         return '<section id="findings"><h2>Findings</h2><p class="good">No memory problem found.</p></section>'
-    cards = "\n".join(_finding(i, f) for i, f in enumerate(findings, 1))
+    cards = "\n".join(_finding(i, f) for i, f in enumerate(findings[:ITEMS], 1))
+    if len(findings) > ITEMS:
+        cards += f'\n<p class="empty">{_e(more(ITEMS, len(findings), "findings"))}</p>'
     return (f'<section id="findings"><h2>Findings <span class="dim">ranked by memory at stake</span></h2>'
             f"{cards}</section>")
 
 
 def _finding(number: int, f: Finding) -> str:
     severity = f.severity if f.severity in ("error", "warning", "info") else "info"
-    stake = f'<span class="stake">{escape(format_bytes(f.bytes))} at stake</span>' if f.bytes else ""
+    stake = f'<span class="stake">{_e(format_bytes(f.bytes))} at stake</span>' if f.bytes else ""
     parts = [f'<article class="finding {severity}"><div class="head"><span class="n">{number}</span>'
-             f'<span class="badge {severity}">{escape(f.severity)}</span><span class="kind">{escape(f.kind)}</span>'
-             f"<h3>{_text(f.title)}</h3>{stake}</div>"]
+             f'<span class="badge {severity}">{_e(f.severity, 40)}</span><span class="kind">{_e(f.kind, 40)}</span>'
+             f"<h3>{_text(f.title, TITLE)}</h3>{stake}</div>"]
     if f.location:
         loc = f.location
-        parts.append(f'<div class="where"><code>{escape(f"{loc.file}:{loc.line}")}</code> in '
-                     f"<code>{escape(loc.function)}</code></div>")
+        parts.append(f'<div class="where"><code>{_e(f"{clean(loc.file, TITLE)}:{loc.line}")}</code> in '
+                     f"<code>{_e(loc.function, TITLE)}</code></div>")
         if loc.code:
-            line = escape(str(loc.line))
-            parts.append(f'<pre class="code"><span class="lineno">{line}</span>{escape(loc.code)}</pre>')
+            parts.append(f'<pre class="code"><span class="lineno">{_e(loc.line)}</span>{_e(loc.code, CODE)}</pre>')
     parts.append(f"<p>{_text(f.detail)}</p>")
     if f.remedy:
         parts.append(f'<p class="fix"><b>Fix</b> {_text(f.remedy)}</p>')
     if f.remedies:
-        parts.append('<ol class="remedies">' + "".join(_remedy(r) for r in f.remedies) + "</ol>")
+        items = "".join(_remedy(r) for r in f.remedies[:REMEDIES])
+        if len(f.remedies) > REMEDIES:
+            items += f'<li class="dim">{_e(more(REMEDIES, len(f.remedies), "remedies"))}</li>'
+        parts.append(f'<ol class="remedies">{items}</ol>')
     parts.append("</article>")
     return "".join(parts)
 
 
 def _remedy(r: Remedy) -> str:
-    saves = f' <span class="saves">saves {escape(format_bytes(r.saves_bytes))}</span>' if r.saves_bytes else ""
-    out = f"<li><div>{_text(r.title)}{saves}</div>"
+    saves = f' <span class="saves">saves {_e(format_bytes(r.saves_bytes))}</span>' if r.saves_bytes else ""
+    out = f"<li><div>{_text(r.title, TITLE)}{saves}</div>"
     if r.detail:
         out += f'<div class="dim">{_text(r.detail)}</div>'
     if r.before or r.after:
         out += '<div class="diff">' + "".join(
-            f'<figure class="{side}"><figcaption>{side}</figcaption><pre>{escape(code)}</pre></figure>'
+            f'<figure class="{side}"><figcaption>{side}</figcaption><pre>{_e(code, CODE)}</pre></figure>'
             for side, code in (("before", r.before), ("after", r.after)) if code) + "</div>"
     return out + "</li>"
 
@@ -182,11 +207,11 @@ def _batch(batch: dict[str, Any] | None, capacity: int | None) -> str:
     trials = sorted(batch.get("trials") or [], key=lambda t: t.get("batch_size") or 0)
     # Peaks read against the capacity when there is one: a full bar is a batch that does not fit.
     top = capacity or max([t.get("peak_bytes") or 0 for t in trials] + [1])
-    rows = "".join(_trial(t, top) for t in trials)
+    rows = "".join(_trial(t, top) for t in trials[:ITEMS])
     scale = "of capacity" if capacity else ""
     table = (f'<table class="trials"><tr><th>batch size</th><th>result</th><th>peak</th><th>{scale}</th>'
              f"<th>time</th><th>source</th></tr>{rows}</table>") if trials else ""
-    recommended, largest = (escape(str(batch.get(k))) for k in ("recommended_batch_size", "max_batch_size"))
+    recommended, largest = (_e(batch.get(k), 40) for k in ("recommended_batch_size", "max_batch_size"))
     return (f'<section id="batch"><h2>Batch size</h2><div class="facts">'
             f'<div class="fact"><h2>Recommended</h2><div class="big ok">{recommended}</div>'
             f'<div class="sub">leaves headroom for variation</div></div>'
@@ -197,14 +222,14 @@ def _batch(batch: dict[str, Any] | None, capacity: int | None) -> str:
 def _trial(t: dict[str, Any], top: int) -> str:
     fits, peak = bool(t.get("fits")), t.get("peak_bytes")
     share = min((peak or 0) / top, 1) * 100
-    return (f'<tr class="{"fits" if fits else "fails"}"><td class="num">{escape(str(t.get("batch_size")))}</td>'
-            f'<td>{"fits" if fits else "out of memory"}</td><td class="num">{escape(format_bytes(peak))}</td>'
+    return (f'<tr class="{"fits" if fits else "fails"}"><td class="num">{_e(t.get("batch_size"), 40)}</td>'
+            f'<td>{"fits" if fits else "out of memory"}</td><td class="num">{_e(format_bytes(peak))}</td>'
             f'<td><div class="meter"><span style="width:{share:.1f}%"></span></div></td>'
-            f'<td class="num">{_seconds(t.get("seconds"))}</td><td>{escape(str(t.get("source") or ""))}</td></tr>')
+            f'<td class="num">{_seconds(t.get("seconds"))}</td><td>{_e(t.get("source") or "", 40)}</td></tr>')
 
 
 def _seconds(value: Any) -> str:
-    return f"{value:.2f} s" if isinstance(value, (int, float)) else "-"
+    return _e(f"{value:.2f} s") if isinstance(value, (int, float)) else "-"
 
 
 def _ranks(ranks: list[Report] | None) -> str:
@@ -212,16 +237,19 @@ def _ranks(ranks: list[Report] | None) -> str:
         return ""
     largest = max(range(len(ranks)), key=lambda i: ranks[i].peak_bytes)
     rows = []
-    for i, r in enumerate(ranks):
-        rank = escape(str(r.rank if r.rank is not None else i))
+    for i, r in enumerate(ranks[:ITEMS]):
+        rank = _e(r.rank if r.rank is not None else i, 40)
         mark = ' <span class="badge error">largest</span>' if i == largest else ""
-        ended = escape(r.exit.exception.split(":")[0]) if r.exit.exception else f"exit {r.exit.code}"
+        ended = _e(r.exit.exception.split(":")[0], TITLE) if r.exit.exception else f"exit {_e(r.exit.code)}"
+        device = _e(str(r.device.type) + ("" if r.device.index is None else f":{r.device.index}"), TITLE)
         rows.append(f'<tr class="{"largest" if i == largest else ""}"><td class="num">{rank}</td>'
-                    f"<td>{escape(r.device.type + ('' if r.device.index is None else f':{r.device.index}'))}</td>"
-                    f'<td class="num">{escape(format_bytes(r.peak_bytes))}{mark}</td>'
-                    f'<td class="num">{"" if r.peak_step is None else escape(str(r.peak_step))}</td>'
-                    f'<td class="num">{r.steps_total:,}</td><td class="num">{len(r.findings)}</td>'
+                    f"<td>{device}</td>"
+                    f'<td class="num">{_e(format_bytes(r.peak_bytes))}{mark}</td>'
+                    f'<td class="num">{"" if r.peak_step is None else _e(r.peak_step)}</td>'
+                    f'<td class="num">{_e(f"{r.steps_total:,}")}</td><td class="num">{len(r.findings)}</td>'
                     f"<td>{ended}</td></tr>")
+    if len(ranks) > ITEMS:
+        rows.append(f'<tr><td colspan="7" class="dim">{_e(more(ITEMS, len(ranks), "ranks"))}</td></tr>')
     return ('<section id="ranks"><h2>Ranks <span class="dim">peak per process</span></h2><table class="ranks">'
             "<tr><th>rank</th><th>device</th><th>peak</th><th>peak step</th><th>steps</th><th>findings</th>"
             f"<th>ended</th></tr>{''.join(rows)}</table></section>")

@@ -6,8 +6,10 @@ The JSON form is the contract `oomdoctor.report/1` of design.md: add fields, nev
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from typing import Any
+
+from .schema import report_from_data
 
 SCHEMA = "oomdoctor.report/1"
 CATEGORIES = ("parameters", "gradients", "optimizer_state", "activations", "other")
@@ -111,32 +113,11 @@ class Report:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "Report":
-        if not isinstance(data, dict) or data.get("schema") != SCHEMA:
-            raise ValueError(f"not an oomdoctor report (expected schema {SCHEMA!r})")
-        kw = _known(cls, data)
-        kw["device"] = Device(**_known(Device, data["device"]))
-        kw["steps"] = [Step(**_known(Step, s)) for s in data.get("steps", [])]
-        kw["findings"] = [_finding(f) for f in data.get("findings", [])]
-        kw["exit"] = ExitInfo(**_known(ExitInfo, data.get("exit") or {}))
-        if data.get("ranks") is not None:
-            kw["ranks"] = [cls.from_dict(r) for r in data["ranks"]]
-        return cls(**kw)
+        """A report from its JSON form, every field checked (`schema.SchemaError`, a ValueError,
+        names the first one that is wrong)."""
+        return report_from_data(cls, SCHEMA, data)
 
     def findings_by_stake(self) -> list[Finding]:
         """Findings ordered as the report shows them: errors first, then by bytes at stake."""
         order = {s: i for i, s in enumerate(SEVERITIES)}
         return sorted(self.findings, key=lambda f: (order.get(f.severity, 9), -(f.bytes or 0)))
-
-
-def _finding(data: dict[str, Any]) -> Finding:
-    kw = _known(Finding, data)
-    if data.get("location"):
-        kw["location"] = Location(**_known(Location, data["location"]))
-    kw["remedies"] = [Remedy(**_known(Remedy, r)) for r in data.get("remedies", [])]
-    return Finding(**kw)
-
-
-def _known(cls: type, data: dict[str, Any]) -> dict[str, Any]:
-    """The entries of `data` that are fields of `cls`: newer reports may carry fields we ignore."""
-    names = {f.name for f in fields(cls)}
-    return {k: v for k, v in data.items() if k in names}

@@ -15,6 +15,7 @@ from html import escape
 
 from ..sizes import format_bytes
 from .model import Report, Step
+from .text import TITLE, clean
 
 COLORS = {
     "parameters": "#4e79a7",
@@ -31,6 +32,9 @@ WIDTH, HEIGHT = 1100, 360
 LEFT, RIGHT, TOP, BOTTOM = 78, 16, 26, 46
 GAP_PX = 30  # a gap marker keeps this width however many steps it stands for
 MARKERS_UP_TO = 60  # with more steps, dots would only clutter the end line
+# A run keeps 256 steps; a saved file may hold any number: past this the chart draws the first and
+# the latest halves (the gap marker stands for the rest), so the page stays small and quick.
+MAX_BARS = 1024
 
 
 def label(nbytes: int | float) -> str:
@@ -52,11 +56,21 @@ def legend(report: Report) -> str:
 
 
 def _swatch(color: str, name: str) -> str:
-    return f'<span class="key"><i class="sw" style="background:{color}"></i>{escape(name)}</span>'
+    return f'<span class="key"><i class="sw" style="background:{color}"></i>{_e(name)}</span>'
+
+
+def _e(value: object) -> str:
+    """A value of the report as SVG text: indices of a saved report are as untrusted as its strings."""
+    return escape(clean(value, TITLE))
+
+
+def chart_steps(steps: list[Step]) -> list[Step]:
+    """The steps the chart draws: all of them up to MAX_BARS, else the first and latest halves."""
+    return steps if len(steps) <= MAX_BARS else steps[:MAX_BARS // 2] + steps[-MAX_BARS // 2:]
 
 
 def timeline_svg(report: Report) -> str:
-    steps = report.steps
+    steps = chart_steps(report.steps)
     capacity = report.device.capacity_bytes
     top = max([s.peak_bytes for s in steps] + [capacity or 0, 1])
     tick = _tick(top)
@@ -83,7 +97,7 @@ def timeline_svg(report: Report) -> str:
         cy = y(capacity)
         parts.append(f'<g class="capacity"><line x1="{LEFT}" x2="{WIDTH - RIGHT}" y1="{cy:.1f}" y2="{cy:.1f}"/>'
                      f'<text x="{LEFT + 6}" y="{cy - 5:.1f}">'
-                     f'capacity {escape(label(capacity))}{sim}</text></g>')
+                     f'capacity {_e(label(capacity))}{sim}</text></g>')
     parts.append("</svg>")
     return "\n".join(parts)
 
@@ -117,7 +131,7 @@ def _y_axis(ymax: int, tick: int, y) -> list[str]:
     for value in range(0, ymax + 1, tick):
         yy = y(value)
         parts.append(f'<line class="grid" x1="{LEFT}" x2="{WIDTH - RIGHT}" y1="{yy:.1f}" y2="{yy:.1f}"/>'
-                     f'<text x="{LEFT - 8}" y="{yy + 4:.1f}" text-anchor="end">{escape(label(value))}</text>')
+                     f'<text x="{LEFT - 8}" y="{yy + 4:.1f}" text-anchor="end">{_e(label(value))}</text>')
     parts.append("</g>")
     return parts
 
@@ -136,7 +150,7 @@ def _bar(step: Step, x: float, width: float, unit: float, y, peak_step: int | No
            f"{step.duration_s * 1000:.1f} ms"]
     tip += [f"{c.replace('_', ' ')}: {format_bytes(v)}" for c, v in segments if v]
     cls = "step peak" if step.index == peak_step else "step"
-    out = [f'<g class="{cls}" data-index="{step.index}"><title>{escape(chr(10).join(tip))}</title>',
+    out = [f'<g class="{cls}" data-index="{_e(step.index)}"><title>{_e(chr(10).join(tip))}</title>',
            f'<rect class="hit" x="{x - unit / 2:.2f}" y="{TOP}" width="{unit:.2f}" '
            f'height="{HEIGHT - TOP - BOTTOM}"/>']
     base = 0.0
@@ -158,11 +172,11 @@ def _bar(step: Step, x: float, width: float, unit: float, y, peak_step: int | No
 
 
 def _gap(x: float, missing: int, y_top: float, y_bottom: float) -> str:
-    return (f'<g class="gap"><title>{missing:,} steps not kept in the report</title>'
+    return (f'<g class="gap"><title>{_e(f"{missing:,}")} steps not kept in the report</title>'
             f'<rect x="{x - GAP_PX / 2 + 3:.1f}" y="{y_top:.1f}" width="{GAP_PX - 6}" '
             f'height="{y_bottom - y_top:.1f}"/>'
             f'<text x="{x:.1f}" y="{(y_top + y_bottom) / 2:.1f}" text-anchor="middle" '
-            f'transform="rotate(-90 {x:.1f} {(y_top + y_bottom) / 2:.1f})">{missing:,} steps not kept</text></g>')
+            f'transform="rotate(-90 {x:.1f} {(y_top + y_bottom) / 2:.1f})">{_e(f"{missing:,}")} steps not kept</text></g>')
 
 
 def _end_line(steps: list[Step], slots: list[float], gaps: list[tuple[float, int]], y) -> list[str]:
@@ -195,6 +209,6 @@ def _x_axis(steps: list[Step], slots: list[float], unit: float, y0: float) -> li
         if s.index % every == 0 and all(abs(slots[i] - slots[j]) >= 40 for j in chosen):
             chosen.append(i)
     for i in sorted(chosen):
-        parts.append(f'<text x="{slots[i]:.1f}" y="{y0 + 17:.1f}" text-anchor="middle">{steps[i].index}</text>')
+        parts.append(f'<text x="{slots[i]:.1f}" y="{y0 + 17:.1f}" text-anchor="middle">{_e(steps[i].index)}</text>')
     parts.append("</g>")
     return parts
