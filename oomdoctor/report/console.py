@@ -11,6 +11,7 @@ import sys
 from typing import IO
 
 from rich.console import Console, Group
+from rich.padding import Padding
 from rich.panel import Panel
 from rich.syntax import Syntax
 from rich.table import Table
@@ -77,30 +78,32 @@ def _header(report: Report) -> Panel:
     capacity = format_bytes(d.capacity_bytes) if d.capacity_bytes else "unlimited"
     if d.simulated:
         capacity += " (simulated)"
-    lines = Text()
+    # A grid, so that a long value wraps under itself, not under the labels.
+    grid = Table.grid(padding=(0, 2))
+    grid.add_column(no_wrap=True)
+    grid.add_column()
     if report.command:
-        lines.append("command   ")
-        lines.append(clean(" ".join(report.command), TEXT) + "\n", style="bold")
-    lines.append(f"device    {clean(d.type, TITLE)}: {clean(d.name, TITLE)}, capacity {capacity}\n")
-    lines.append(f"measured  {clean(_ACCOUNTING.get(report.accounting, report.accounting), TITLE)}\n")
+        grid.add_row(Text("command"), Text(clean(" ".join(report.command), TEXT), style="bold"))
+    grid.add_row(Text("device"), Text(f"{clean(d.type, TITLE)}: {clean(d.name, TITLE)}, capacity {capacity}"))
+    grid.add_row(Text("measured"), Text(clean(_ACCOUNTING.get(report.accounting, report.accounting), TITLE)))
     peak_at = f" at step {report.peak_step}" if report.peak_step is not None else ""
     estimated = _estimated_peak(report)
-    lines.append("peak      ")
-    lines.append(f"{'~' if estimated else ''}{format_bytes(report.peak_bytes)}{peak_at}", style="bold")
+    peak = Text(f"{'~' if estimated else ''}{format_bytes(report.peak_bytes)}{peak_at}", style="bold")
     if d.capacity_bytes:
-        lines.append(f" ({report.peak_bytes / d.capacity_bytes:.0%} of capacity)")
+        peak.append(f" ({report.peak_bytes / d.capacity_bytes:.0%} of capacity)")
     if estimated:
-        lines.append(f"  {_TILDE}", style="dim")
-    lines.append(f"\nsteps     {report.steps_total}")
+        peak.append(f"\n{_TILDE}", style="dim")
+    grid.add_row(Text("peak"), peak)
+    grid.add_row(Text("steps"), Text(str(report.steps_total)))
     if report.ranks:
         heaviest = max(report.ranks, key=lambda r: r.peak_bytes)
-        lines.append(f"\nranks     {len(report.ranks)}, timeline of rank {heaviest.rank} (highest peak): "
-                     + ", ".join(f"rank {r.rank} {format_bytes(r.peak_bytes)}" for r in report.ranks[:ITEMS])
-                     + (" …" if len(report.ranks) > ITEMS else ""))
+        grid.add_row(Text("ranks"), Text(
+            f"{len(report.ranks)}, timeline of rank {heaviest.rank} (highest peak): "
+            + ", ".join(f"rank {r.rank} {format_bytes(r.peak_bytes)}" for r in report.ranks[:ITEMS])
+            + (" …" if len(report.ranks) > ITEMS else "")))
     if report.exit.exception:
-        lines.append("\nended     ")
-        lines.append(clean(report.exit.exception, 1000), style="red")
-    return Panel(lines, title=Text("oomdoctor"), title_align="left")
+        grid.add_row(Text("ended"), Text(clean(report.exit.exception, 1000), style="red"))
+    return Panel(grid, title=Text("oomdoctor"), title_align="left")
 
 
 _TILDE = "~ estimated: this step was not watched op by op (oomdoctor run --exact watches every op)"
@@ -180,14 +183,14 @@ def _notable_steps(report: Report) -> Table:
     return table
 
 
-def _notable_legend(report: Report) -> Text:
+def _notable_legend(report: Report) -> Padding:
     """What the table picked and what `~` means, once, right under it."""
     shown = len(notable(report.steps, report.peak_step))
     picked = "every kept step" if shown == len(report.steps) else "first two, peak, largest rises of Δ end, last"
-    text = Text(f"  Notable steps: {picked}. Δ end: change of end-of-step memory.", style="dim")
+    text = Text(f"Notable steps: {picked}. Δ end: change of end-of-step memory.", style="dim")
     if any(not s.exact for s in report.steps):
-        text.append(f"\n  {_TILDE}.", style="dim")
-    return text
+        text.append(f"\n{_TILDE}.", style="dim")
+    return Padding(text, (0, 0, 0, 2))
 
 
 def _breakdown(report: Report) -> Table:
@@ -213,7 +216,7 @@ def _finding(number: int, finding: Finding) -> Panel:
         loc = finding.location
         body.append(Text(f"{clean(loc.file, TITLE)}:{loc.line} in {clean(loc.function, TITLE)}", style="bold"))
         if loc.code:
-            body.append(Text(f"    {clean(loc.code, CODE)}", style="cyan"))
+            body.append(Padding(Text(clean(loc.code, CODE), style="cyan"), (0, 0, 0, 4)))
     body.append(Text(clean(finding.detail)))
     if finding.remedy:
         body.append(Text.assemble(("fix: ", "bold green"), clean(finding.remedy)))
@@ -221,7 +224,7 @@ def _finding(number: int, finding: Finding) -> Panel:
         saves = f" (saves {format_bytes(remedy.saves_bytes)})" if remedy.saves_bytes else ""
         body.append(Text.assemble(("  • ", "green"), clean(remedy.title, TITLE), (saves, "bold")))
         if remedy.detail:
-            body.append(Text(f"    {clean(remedy.detail)}", style="dim"))
+            body.append(Padding(Text(clean(remedy.detail), style="dim"), (0, 0, 0, 4)))
         if remedy.before and remedy.after:
             code = f"# before\n{clean(remedy.before, CODE)}\n# after\n{clean(remedy.after, CODE)}"
             body.append(Syntax(code, "python", theme="ansi_dark", background_color="default", word_wrap=True))
