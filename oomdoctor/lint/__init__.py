@@ -1,8 +1,9 @@
 """`oomdoctor lint`: static checks (AST) for the memory bugs that `oomdoctor run` diagnoses at run time.
 
 Contract: `lint_source(text, file)` -> list of `LintFinding`, pure; `lint_file(path)` reads a file;
-`python_files(paths)` expands folders into their `*.py` files. A missing path, an unreadable or
-unparsable file raises `BadInput` (one line). Kinds are the runtime's vocabulary (design.md), and
+`python_files(paths)` expands folders into their `*.py` files. A missing path, an unreadable,
+non-regular or unparsable file raises `BadInput` (one line); a file over `MAX_BYTES`, `TooLarge`
+(a note). Time is linear in the length of the code. Kinds are the runtime's vocabulary (design.md), and
 each finding points where the runtime would:
 
 - `retained-graph`: the line that keeps a tensor carrying its autograd graph in a holder that
@@ -25,7 +26,7 @@ imports torch: lint must start fast.
 """
 from __future__ import annotations
 
-from .check import lint_file, lint_source, python_files
+from .check import MAX_BYTES, TooLarge, lint_file, lint_source, python_files
 from .finding import EXPLANATIONS, LintFinding
 
-__all__ = ["EXPLANATIONS", "LintFinding", "lint_file", "lint_source", "python_files"]
+__all__ = ["EXPLANATIONS", "MAX_BYTES", "LintFinding", "TooLarge", "lint_file", "lint_source", "python_files"]

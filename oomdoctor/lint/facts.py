@@ -12,7 +12,7 @@ import textwrap
 from pathlib import Path
 
 from .syntax import (FUNCTIONS, LOSS_NAME, MODULE_MARKERS, MODULE_MOVES, MODULE_WRAPPERS, SHRINKS, TRAIN_CALL,
-                     grad_effect, holder, is_backward_call, key, name, pairs, target_keys, walk)
+                     grad_effect, holder, is_backward_call, key, name, pairs, reachable, reset_keys, target_keys, walk)
 
 
 class FileFacts:
@@ -46,6 +46,8 @@ class FileFacts:
         self.shrunk = self._shrunk()
         self.returns_graph: set[str] = set()
         self._step_loops: dict[int, bool] = {}
+        self._resets: dict[int, set[str]] = {}
+        self._calls: dict[int, list[ast.Call]] = {}
 
     def scopes(self, node=None, prefix: tuple[str, ...] = (), cls: ast.ClassDef | None = None) -> list:
         """(node, qualified name, class of a method) for the module and every function in it."""
@@ -104,17 +106,17 @@ class FileFacts:
         """Local functions that back-propagate, themselves or through the local functions they call."""
         calls = {fn: [n for d in defs for n in walk(d.body) if isinstance(n, ast.Call)]
                  for fn, defs in self.functions.items()}
-        found = {fn for fn, cs in calls.items() if any(is_backward_call(c) for c in cs)}
-        callees = {fn: {name(c.func) for c in cs} for fn, cs in calls.items()}
-        while True:
-            more = {fn for fn, names in callees.items() if names & found} - found
-            if not more:
-                return found
-            found |= more
+        callers: dict[str, set[str]] = {}
+        for fn, cs in calls.items():
+            for c in cs:
+                callers.setdefault(name(c.func), set()).add(fn)
+        return reachable({fn for fn, cs in calls.items() if any(is_backward_call(c) for c in cs)}, callers)
 
     def _no_grad_functions(self) -> set[str]:
-        """Local functions every call site of which runs under no_grad (syntactically)."""
-        sites: dict[str, list[tuple[str | None, bool]]] = {}
+        """Local functions every call site of which runs under no_grad (syntactically): under a
+        no_grad block or decorator, or in a function that itself only runs under no_grad."""
+        waiting: dict[str, int] = {}  # function -> its call sites not yet known to run under no_grad
+        sites_in: dict[str | None, list[str]] = {}  # caller -> the functions its grad-on sites call
         # An explicit stack, not recursion: deeply nested expressions must not overflow it.
         stack: list[tuple[ast.AST, bool, str | None]] = [(self.tree, False, None)]
         while stack:
@@ -125,14 +127,20 @@ class FileFacts:
             elif isinstance(node, (ast.With, ast.AsyncWith)):
                 off = off or any(grad_effect(i.context_expr) is False for i in node.items)
             elif isinstance(node, ast.Call) and name(node.func) in self.functions:
-                sites.setdefault(name(node.func), []).append((caller, off))
+                callee = name(node.func)
+                waiting[callee] = waiting.get(callee, 0) + (not off)
+                if not off:
+                    sites_in.setdefault(caller, []).append(callee)
             stack += [(child, off, caller) for child in ast.iter_child_nodes(node)]
-        found: set[str] = set()
-        while True:
-            more = {f for f, s in sites.items() if all(off or c in found for c, off in s)} - found
-            if not more:
-                return found
-            found |= more
+        found = {fn for fn, n in waiting.items() if n == 0}
+        todo = list(found)
+        while todo:  # a function found frees the call sites inside it
+            for callee in sites_in.get(todo.pop(), ()):
+                waiting[callee] -= 1
+                if waiting[callee] == 0 and callee not in found:
+                    found.add(callee)
+                    todo.append(callee)
+        return found
 
     def _shrunk(self) -> set[str]:
         """Holders that something removes entries from, anywhere in the file."""
@@ -161,6 +169,20 @@ class FileFacts:
                     or name(n.func) in self.does_backward or TRAIN_CALL.match(name(n.func)))
                 for n in walk(loop.body))
         return self._step_loops[id(loop)]
+
+    def calls(self, node: ast.AST) -> list[ast.Call]:
+        """The calls in a statement's own expressions, in walk order; the walk asks for them at every
+        pass over a loop body and at every round, so each statement is searched once."""
+        if id(node) not in self._calls:
+            self._calls[id(node)] = [n for n in walk([node]) if isinstance(n, ast.Call)]
+        return self._calls[id(node)]
+
+    def resets(self, block: ast.AST, held: str) -> bool:
+        """Does the body of this loop or function empty or rebind `held` unconditionally? Asked at
+        every store, so each body is read once."""
+        if id(block) not in self._resets:
+            self._resets[id(block)] = reset_keys(block.body)
+        return held in self._resets[id(block)]
 
     # -- source text -----------------------------------------------------------------------------
 

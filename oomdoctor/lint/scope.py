@@ -12,11 +12,13 @@ from __future__ import annotations
 import ast
 from dataclasses import dataclass
 
+from .env import Env
 from .facts import FileFacts
 from .finding import LintFinding
 from .rules import RULES
 from .syntax import (APPENDS, EVAL_NAME, FUNCTIONS, KEEP, LIGHTNING_NO_GRAD, TRAIN_NAME, expr_keys, first_arg,
-                     flows, grad_effect, holder, is_backward_call, is_false, key, merge, resets, target_keys, walk)
+                     flows, grad_effect, holder, is_backward_call, is_false, key, name, reachable, target_keys,
+                     walk)
 from .values import Values
 
 
@@ -39,6 +41,7 @@ class Scope(Values):
         self.params = {a.arg for a in ast.walk(node.args) if isinstance(a, ast.arg)} if is_function else set()
         self.is_module_method = cls is not None and cls.name in facts.module_classes
         self.feeds_backward = _feeds_backward(nodes)
+        self.called = {name(n.func) for n in nodes if isinstance(n, ast.Call)}
         self.eval_named = bool(EVAL_NAME.search(fn_name)) and not TRAIN_NAME.search(fn_name) and \
             not (facts.is_test_file and fn_name.startswith("test"))
         self.start_grad: bool | None = True  # grad mode; None: decided at run time (set_grad_enabled(flag))
@@ -53,7 +56,7 @@ class Scope(Values):
         """Walk the body from a fresh state (facts about the file may have grown since last time)."""
         self.grad = self.start_grad
         self.eval_mode = False  # a model.eval() was seen and no model.train() since
-        self.env = {}  # key -> carries a graph, at this point of the walk
+        self.env = Env()  # key -> carries a graph, at this point of the walk
         self.scalars = set()  # keys holding a loss-like scalar
         self.loops: list[Loop] = []  # enclosing loops, innermost last
         self.conditional = 0  # how many `if`s deep inside the innermost loop
@@ -100,7 +103,7 @@ class Scope(Values):
 
     def loop(self, s) -> None:
         self.scan(s.iter if isinstance(s, (ast.For, ast.AsyncFor)) else s.test)
-        before = dict(self.env)
+        self.env.push()
         self.loops.append(Loop(s, self.facts.is_step_loop(s), self.eval_named or self.eval_mode))
         outer_conditional, self.conditional = self.conditional, 0
         for _ in range(2 if len(self.loops) < 4 else 1):  # twice: the next iteration sees what this one left
@@ -109,20 +112,21 @@ class Scope(Values):
             self.block(s.body)
         self.conditional = outer_conditional
         self.loops.pop()
-        self.env = merge([before, self.env])
+        self.env.join([self.env.pop()], fallthrough=True)
         self.block(s.orelse)
 
     def branches(self, bodies) -> None:
-        start, ends = dict(self.env), []
-        eval_start, evals = self.eval_mode, []
+        ends, eval_start, evals = [], self.eval_mode, []
         self.conditional += 1
         for body in bodies:
-            self.env, self.eval_mode = dict(start), eval_start
+            self.env.push()
+            self.eval_mode = eval_start
             self.block(body)
-            ends.append(self.env)
+            ends.append(self.env.pop())
             evals.append(self.eval_mode)
         self.conditional -= 1
-        self.env, self.eval_mode = merge(ends), any(evals)
+        self.env.join(ends)
+        self.eval_mode = any(evals)
 
     def with_block(self, s) -> None:
         saved = self.grad
@@ -193,9 +197,7 @@ class Scope(Values):
     def scan(self, node: ast.AST) -> None:
         """Calls in one statement's own expressions: forward calls for the rules, and `model.eval()` /
         `model.train()` for the evaluation context."""
-        for n in walk([node]):
-            if not isinstance(n, ast.Call):
-                continue
+        for n in self.facts.calls(node):
             if isinstance(n.func, ast.Attribute) and n.func.attr == "eval" and not n.args:
                 self.eval_mode = True
             elif isinstance(n.func, ast.Attribute) and n.func.attr == "train":
@@ -209,11 +211,11 @@ class Scope(Values):
     def outlives_step(self, held: str, steps_only: bool = False) -> bool:
         """Does `held`, stored into here, accumulate across training steps (or evaluation batches)?"""
         for loop in reversed(self.loops):
-            if resets(loop.node.body, held):
+            if self.facts.resets(loop.node, held):
                 return False  # emptied every iteration of this loop: bounded by one iteration
             if loop.step or (loop.evaluating and not steps_only):
                 return True
-        if not isinstance(self.node, FUNCTIONS) or resets(self.node.body, held):
+        if not isinstance(self.node, FUNCTIONS) or self.facts.resets(self.node, held):
             return False
         root = held.split(".")[0]
         # On `self` or in a global it outlives the call, and the function runs once per step.
@@ -235,16 +237,16 @@ def _bound_keys(node: ast.AST) -> list[str]:
 
 def _feeds_backward(nodes) -> set[str]:
     """Keys whose value flows into a backward() in this scope: gradient accumulation, not a leak."""
-    feeds = {k for n in nodes if isinstance(n, ast.Call) and is_backward_call(n) for k in expr_keys(n)}
-    edges = []
+    sources: dict[str, set[str]] = {}  # key stored into -> the keys its new value is made from
     for n in nodes:
         if isinstance(n, (ast.Assign, ast.AugAssign, ast.AnnAssign)) and n.value is not None:
             targets = n.targets if isinstance(n, ast.Assign) else [n.target]
-            edges.append(({holder(t) for t in targets} - {None}, expr_keys(n.value)))
+            stored, made_from = {holder(t) for t in targets} - {None}, expr_keys(n.value)
         elif isinstance(n, ast.Call) and isinstance(n.func, ast.Attribute) and n.func.attr in APPENDS:
-            edges.append(({holder(n.func.value)} - {None}, {k for a in n.args for k in expr_keys(a)}))
-    while True:
-        more = {k for targets, sources in edges if targets & feeds for k in sources} - feeds
-        if not more:
-            return feeds
-        feeds |= more
+            stored, made_from = {holder(n.func.value)} - {None}, {k for a in n.args for k in expr_keys(a)}
+        else:
+            continue
+        for k in stored:
+            sources.setdefault(k, set()).update(made_from)
+    backward = {k for n in nodes if isinstance(n, ast.Call) and is_backward_call(n) for k in expr_keys(n)}
+    return reachable(backward, sources)

@@ -156,19 +156,21 @@ def is_backward_call(call: ast.Call) -> bool:
     return name(call.func) in ("backward", "manual_backward") or (key(call.func) or "").endswith("autograd.grad")
 
 
-def resets(stmts, held: str) -> bool:
-    """Does this block empty or rebind `held` unconditionally (not from itself)?"""
+def reset_keys(stmts) -> set[str]:
+    """The keys this block empties or rebinds unconditionally (not from themselves): `x = []`,
+    `preds, labels = [], []`, `x.clear()`, also inside a `with`."""
+    out: set[str] = set()
     for s in stmts:
-        if isinstance(s, (ast.With, ast.AsyncWith)) and resets(s.body, held):
-            return True
-        if isinstance(s, (ast.Assign, ast.AnnAssign)) and s.value is not None:
+        if isinstance(s, (ast.With, ast.AsyncWith)):
+            out |= reset_keys(s.body)
+        elif isinstance(s, (ast.Assign, ast.AnnAssign)) and s.value is not None:
             both = pairs(s) if isinstance(s, ast.Assign) else [(s.target, s.value)]
-            if any(held in target_keys(t) and held not in expr_keys(v) for t, v in both):
-                return True  # also `preds, labels = [], []`
-        if isinstance(s, ast.Expr) and isinstance(s.value, ast.Call) and isinstance(s.value.func, ast.Attribute) \
-                and s.value.func.attr == "clear" and key(s.value.func.value) == held:
-            return True
-    return False
+            for t, v in both:
+                out.update(set(target_keys(t)) - expr_keys(v))
+        elif isinstance(s, ast.Expr) and isinstance(s.value, ast.Call) and isinstance(s.value.func, ast.Attribute) \
+                and s.value.func.attr == "clear" and key(s.value.func.value):
+            out.add(key(s.value.func.value))
+    return out
 
 
 def flows(node: ast.AST, source: str) -> bool:
@@ -184,15 +186,18 @@ def flows(node: ast.AST, source: str) -> bool:
     return any(flows(c, source) for c in ast.iter_child_nodes(node) if isinstance(c, ast.expr))
 
 
+def reachable(start: set[str], edges: dict[str, set[str]]) -> set[str]:
+    """`start` and everything reached from it along `edges` (node -> next nodes), each edge once."""
+    found, todo = set(start), list(start)
+    while todo:
+        for nxt in edges.get(todo.pop(), ()):
+            if nxt not in found:
+                found.add(nxt)
+                todo.append(nxt)
+    return found
+
+
 def lossy_value(word: str) -> bool:
     """A name that, read without being assigned here, is taken to hold a loss tensor."""
     return "loss" in word.lower() and not NOT_A_LOSS_VALUE.search(word)
 
-
-def merge(envs: list[dict[str, bool]]) -> dict[str, bool]:
-    """Where paths join, a key carries a graph if it does on any path."""
-    out: dict[str, bool] = {}
-    for env in envs:
-        for k, graph in env.items():
-            out[k] = out.get(k, False) or graph
-    return out

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ast
 
+from .env import Env
 from .facts import FileFacts
 from .syntax import (COMPUTE_BUILTINS, CONTAINER_BUILTINS, CONTAINER_METHODS, DETACHING, LOSS_NAME, MODEL_NAME,
                      NUMBER_BUILTINS, PLAIN_ATTRS, REDUCTIONS, TORCH_FACTORIES, TORCH_ROOTS, VERB, holder, key,
@@ -21,7 +22,7 @@ class Values:
     facts: FileFacts
     assigned: set[str]  # keys bound anywhere in the function
     is_module_method: bool
-    env: dict[str, bool]
+    env: Env
     grad: bool | None
     scalars: set[str]
 
@@ -67,12 +68,12 @@ class Values:
         return False  # constants, comparisons, f-strings, lambdas
 
     def comprehension_taint(self, node) -> bool:
-        saved = dict(self.env)
+        self.env.push()  # the comprehension's own names, gone after it
         for gen in node.generators:
             for k in target_keys(gen.target):
                 self.env[k] = self.taint(gen.iter)
         graph = self.taint(node.value if isinstance(node, ast.DictComp) else node.elt)
-        self.env = saved
+        self.env.pop()
         return graph
 
     def call_taint(self, call: ast.Call) -> bool:

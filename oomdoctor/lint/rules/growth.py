@@ -19,11 +19,12 @@ class MemoryGrowth(Rule):
         if scope.taint(value) or not self.grows(holder, value):
             return  # a value with a graph is the retained-graph rule's
         container = stmt.value.func.value
+        before = scope.facts.snippet(stmt)
         scope.report(LintFinding(
             "memory-growth", scope.facts.file, stmt.lineno, scope.qualname,
             f"`{holder}` gets a copy of `{scope.facts.text(value)}` at every step and is never emptied",
-            scope.facts.snippet(stmt), scope.facts.snippet(stmt) + f"\ndel {scope.facts.text(container)}[:-100]  "
-                                                                   f"# keep a bounded window, or store numbers (.item())"))
+            before, before + f"\ndel {scope.facts.text(container)}[:-100]  # keep a bounded window, or store "
+                             f"numbers (.item())"))
 
     def grows(self, holder: str, value: ast.AST) -> bool:
         """A tensor copy appended at every training step to a holder that nothing ever shrinks."""
