@@ -3,6 +3,8 @@
 The trial function is a memory model with a capacity (the algorithm is what is under test, not
 the hardware): peak = fixed + per_sample*b (+ quadratic*b^2, or the larger of two lines where the
 peak moves from the optimizer step to backward). A size fits when its peak is within capacity.
+A device with `moments` also reports the bytes at each local peak of the run, as a real trial
+under a simulated capacity does (moments.py); the peak is then the largest of them.
 """
 from __future__ import annotations
 
@@ -20,16 +22,18 @@ CASES = settings(max_examples=250, deadline=None, derandomize=True)
 class Device:
     """A simulated device running a workload whose peak is `peak(b)`."""
 
-    def __init__(self, peak, capacity: int | None, report_capacity: bool = False):
-        self.peak, self.capacity, self.report_capacity = peak, capacity, report_capacity
+    def __init__(self, peak, capacity: int | None, report_capacity: bool = False, moments=None):
+        self.capacity, self.report_capacity, self.moments = capacity, report_capacity, moments
+        self.peak = peak if moments is None else (lambda b: max(moments(b)))
         self.runs: list[int] = []
 
     def __call__(self, b: int) -> Trial:
         self.runs.append(b)
         need = self.peak(b)
         fits = need <= self.capacity
+        moments = tuple(self.moments(b)) if self.moments is not None and fits else ()
         return Trial(b, fits, need if fits else self.capacity, 0.1,
-                     capacity_bytes=self.capacity if self.report_capacity else None)
+                     capacity_bytes=self.capacity if self.report_capacity else None, moments=moments)
 
     def truth(self, low: int = 1, high: int = DEFAULT_HIGH) -> int | None:
         """The largest size that fits, by bisection on the model itself."""
@@ -92,6 +96,50 @@ def test_a_peak_that_changes_phase_is_still_exact_and_never_costs_more_than_a_bi
     result = search(device, capacity=device.capacity)
     assert result.max_batch_size == device.truth()
     assert result.measured_trials <= 2 + 17  # the probes, then at worst a binary search of 1..65536
+
+
+def phase_lines(fixed: int, per_sample: int, flat: float, at: int):
+    """Bytes at the optimizer step's peak (weights-sized temporaries, a little per sample) and at
+    backward's (activations): the larger is the run's peak, and it moves at `at`."""
+    slow = int(per_sample * flat)
+    return lambda b: (fixed + (per_sample - slow) * at + slow * b, fixed + per_sample * b)
+
+
+@CASES
+@given(target=log_maxima, fixed=st.integers(0, 10**9), per_sample=st.integers(2, 10**7),
+       flat=st.floats(0, 0.9), kink=st.floats(0, 1.2), extra=st.integers(0, 4))
+def test_a_kink_seen_in_the_moments_costs_no_extra_trial(target, fixed, per_sample, flat, kink, extra):
+    # GIVEN the peak moving from the optimizer step to backward anywhere (also past the answer),
+    # and a few lower moments (the end of forward, data loading), all reported by each trial
+    at = max(1, int(target**kink))
+    lines = phase_lines(fixed, per_sample, flat, at)
+    device = Device(None, fixed + per_sample * target,
+                    moments=lambda b: (*lines(b), *(fixed // (i + 2) + per_sample // (i + 2) * b for i in range(extra))))
+    result = search(device, capacity=device.capacity)
+    # THEN the answer is exact in the two probes and one confirmation
+    assert result.max_batch_size == device.truth()
+    assert result.measured_trials <= 3
+
+
+@CASES
+@given(target=log_maxima, fixed=st.integers(10**6, 10**10), per_tensor=st.integers(4096, 10**6),
+       flat=st.floats(0, 0.9), kink=st.floats(0, 1.2), tensors=st.integers(1, 40), low=st.sampled_from([1, 1, 8]))
+def test_kinks_and_allocator_rounding_together_stay_within_six_trials(target, fixed, per_tensor, flat, kink,
+                                                                      tensors, low):
+    # GIVEN each moment's bytes split over `tensors` tensors (of at least 4 KiB a sample), each
+    # rounded up to 512 bytes as the CUDA caching allocator does: every moment is a staircase, and
+    # the peak moves phase
+    at, per_sample = max(1, int(target**kink)), per_tensor * tensors
+    lines = phase_lines(fixed, per_sample, flat, at)
+
+    def rounded(value: int) -> int:
+        return sum(math.ceil(value / tensors / 512 + i / tensors) * 512 for i in range(tensors))
+
+    device = Device(None, 0, moments=lambda b: tuple(rounded(v) for v in lines(b)))
+    device.capacity = device.peak(target) + per_sample // 3
+    result = search(device, capacity=device.capacity, low=min(low, target))
+    assert result.max_batch_size == device.truth(low=min(low, target))
+    assert result.measured_trials <= 6
 
 
 @CASES
@@ -206,7 +254,8 @@ def test_json_form():
     data = search(device, capacity=device.capacity).to_dict()
     assert data["schema"] == SCHEMA
     assert data["max_batch_size"] == 300 and data["capacity_bytes"] == device.capacity
-    assert set(data["trials"][0]) == {"batch_size", "fits", "peak_bytes", "seconds", "source"}
+    assert set(data["trials"][0]) >= {"batch_size", "fits", "peak_bytes", "seconds", "source",
+                                      "step_seconds", "samples_per_second"}
     assert {t["source"] for t in data["trials"]} <= {"measured", "predicted"}
     assert data["prediction"]["model"] == "quadratic"
     assert data["prediction"]["fixed_bytes"] == 10_000 and data["prediction"]["per_sample_bytes"] == 100

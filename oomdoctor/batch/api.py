@@ -23,6 +23,7 @@ from torch.optim.optimizer import register_optimizer_step_post_hook
 from ..errors import BadInput, NothingFits
 from ..oom import is_oom
 from ..sizes import format_bytes, parse_size
+from .moments import PeakMoments
 from .search import DEFAULT_HIGH, DEFAULT_MARGIN, BatchResult, Trial, search
 
 DEFAULT_STEPS = 2  # the second step carries the optimizer state created lazily at the first
@@ -128,9 +129,10 @@ def _run_trial(fn: Callable[[int], Any], batch_size: int, capacity: int | None, 
 
     fits = True
     session = handle = None
+    moments = PeakMoments()
     started = time.perf_counter()
     try:
-        with oomdoctor.track(capacity=capacity, device=device, quiet=True) as session:
+        with oomdoctor.track(capacity=capacity, device=device, quiet=True) as session, moments:
             handle = register_optimizer_step_post_hook(count)  # after the session's own hooks
             fn(batch_size)
     except _TrialDone:
@@ -149,7 +151,10 @@ def _run_trial(fn: Callable[[int], Any], batch_size: int, capacity: int | None, 
     report = session.report()
     # On CUDA a capacity caps reserved memory: fit against its peak where the report has one.
     peak = report.aggregates.get("reserved_peak_bytes") or report.peak_bytes
-    return Trial(batch_size, fits, peak, seconds, capacity_bytes=report.device.capacity_bytes), report
+    steps = report.steps
+    warm = steps[-1].duration_s if len(steps) >= 2 else None  # the first step pays for lazy setup
+    return Trial(batch_size, fits, peak, seconds, capacity_bytes=report.device.capacity_bytes,
+                 moments=tuple(moments.values) if fits else (), step_seconds=warm), report
 
 
 def _release() -> None:

@@ -3,9 +3,10 @@
 Contract: `ScriptTrials(script, args, flag, steps, capacity)` is the `trial` function of
 `search.search`: calling it with a batch size runs
 
-    python -m oomdoctor run --quiet --json TMP --steps K [--capacity C] SCRIPT ARGS (FLAG set to b)
+    python -m oomdoctor.batch.trial MOMENTS run --quiet --json TMP --steps K [--capacity C] SCRIPT ARGS
 
-and reads the report. A fresh process per trial isolates trials completely (no cached blocks, no
+(FLAG set to b; trial.py is `oomdoctor run` that also records the run's moments for the fit) and
+reads the report. A fresh process per trial isolates trials completely (no cached blocks, no
 leftover tensors, no state from the previous size). A run fits when it exits 0 without an
 exception; it does not fit when its exception is an out-of-memory error. Anything else (a bug in
 the script, a flag it does not take, no optimizer step at all) is not an answer: it stops the
@@ -32,6 +33,7 @@ class ScriptTrials:
         self.script, self.args, self.flag = script, list(args), flag
         self.steps, self.capacity = steps, capacity
         self.reports: dict[int, dict[str, Any]] = {}  # batch size -> its report, as JSON data
+        self.moments: dict[int, tuple[int, ...]] = {}  # batch size -> its moments, when recorded
         self.on_trial = None  # called with each Trial as it completes (progress lines)
 
     def __call__(self, batch_size: int) -> Trial:
@@ -47,7 +49,8 @@ class ScriptTrials:
                 raise OomdoctorError(
                     f"{self.script} ended without an optimizer step at batch size {batch_size}: oomdoctor batch "
                     f"measures training steps (optimizer.step()); does the script train with these arguments?")
-            trial = Trial(batch_size, True, _peak(report), seconds, capacity_bytes=capacity)
+            trial = Trial(batch_size, True, _peak(report), seconds, capacity_bytes=capacity,
+                          moments=self.moments.get(batch_size, ()), step_seconds=step_seconds(report))
         else:
             _show(stderr)
             if code == 2 and not exception and self.flag in stderr:
@@ -62,8 +65,9 @@ class ScriptTrials:
     def run(self, batch_size: int, capacity: int | None) -> tuple[dict[str, Any], int, str, float]:
         """One run of the script at `batch_size`: (report, exit code, stderr, seconds)."""
         with tempfile.TemporaryDirectory(prefix="oomdoctor-batch-") as folder:
-            path = os.path.join(folder, "report.json")
-            command = [sys.executable, "-m", "oomdoctor", "run", "--quiet", "--json", path, "--steps", str(self.steps)]
+            path, moments = os.path.join(folder, "report.json"), os.path.join(folder, "moments.json")
+            command = [sys.executable, "-m", "oomdoctor.batch.trial", moments, "run", "--quiet", "--json", path,
+                       "--steps", str(self.steps)]
             if capacity is not None:
                 command += ["--capacity", str(capacity)]
             command += [self.script, *with_flag(self.args, self.flag, batch_size)]
@@ -77,6 +81,7 @@ class ScriptTrials:
                 _show(done.stderr)
                 raise OomdoctorError(f"{self.script} at batch size {batch_size} left no report (exit code "
                                      f"{done.returncode}); its output is above") from None
+            self.moments[batch_size] = _moments(moments)
         return report, done.returncode, done.stderr, seconds
 
 
@@ -130,6 +135,21 @@ def _show(stderr: str) -> None:
 def _last_line(text: str) -> str:
     lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
     return lines[-1] if lines else ""
+
+
+def _moments(path: str) -> tuple[int, ...]:
+    try:
+        with open(path, encoding="utf-8") as f:
+            values = json.load(f)
+    except (OSError, ValueError):
+        return ()
+    return tuple(v for v in values if isinstance(v, int)) if isinstance(values, list) else ()
+
+
+def step_seconds(report: dict) -> float | None:
+    """The last step's duration: warm (the first one pays for lazy initialization)."""
+    steps = report.get("steps") or []
+    return steps[-1].get("duration_s") if len(steps) >= 2 else None
 
 
 def _peak(report: dict) -> int | None:

@@ -8,7 +8,10 @@ through untouched. The engine is pure: no torch, no processes, no clock.
 Peak memory grows with the batch size as fixed + per_sample*b; where the peak moves from one phase
 to another (the optimizer step at small batches, backward at large ones) it is the larger of two
 such lines, and a few workloads add a b^2 term (a b x b similarity matrix). All of these are convex
-in b, which the search relies on. It measures, fits, predicts, then confirms:
+in b, which the search relies on. A trial that recorded its moments (moments.py: the bytes live at
+each local peak of the run, in program order) gives one such line per moment, so two trials
+already show where the peak moves; every fit below is then the largest of the moments' fits
+(curves.py). It measures, fits, predicts, then confirms:
 
 1. measure `start` (or `low`). One point gives a size that still fits even if all of the peak grew
    as b^2: b*sqrt(capacity/peak). Measure there: a second point, far from the first.
@@ -17,7 +20,8 @@ in b, which the search relies on. It measures, fits, predicts, then confirms:
    measure the largest size the fit says fits. Fits are exact rationals: a truly linear workload
    takes 3 measured trials, the two probes and this one.
 3. Confirm. The next size is *predicted* not to fit, without running it, when the secant through
-   the two largest sizes that fit (a lower bound of the next peak, by convexity) puts it past the
+   the two largest sizes that fit (a lower bound of the next peak, by convexity: of each moment's,
+   so of their largest) puts it past the
    capacity by more than the error the fit just showed at the size it placed; otherwise it runs.
 4. When a fit promised a size that did not fit: while the points lie on one line, measure where
    even the most curved growth through the two largest still fits (a third point, to see the
@@ -35,6 +39,8 @@ import math
 from dataclasses import dataclass, field
 from fractions import Fraction
 from typing import Callable
+
+from .curves import Curve, Envelope, Point, fit, parabola, steepest
 
 SCHEMA = "oomdoctor.batch/1"
 DEFAULT_LOW = 1
@@ -54,68 +60,20 @@ class Trial:
     seconds: float | None = None  # wall time of a measured trial
     source: str = "measured"  # "measured" | "predicted"
     capacity_bytes: int | None = None  # the device's capacity, when the trial reports one
-
-    def to_dict(self) -> dict:
-        return {"batch_size": self.batch_size, "fits": self.fits, "peak_bytes": self.peak_bytes,
-                "seconds": self.seconds, "source": self.source}
-
-
-@dataclass(frozen=True)
-class Curve:
-    """peak(b) = fixed + per_sample*b + quadratic*b^2, in exact rationals."""
-
-    fixed: Fraction
-    per_sample: Fraction
-    quadratic: Fraction = Fraction(0)
+    moments: tuple[int, ...] = ()  # bytes live at each local peak of the run (moments.py), when recorded
+    step_seconds: float | None = None  # a warm step's duration (the last step), to compare speeds
 
     @property
-    def model(self) -> str:
-        return "quadratic" if self.quadratic else "linear"
+    def samples_per_second(self) -> float | None:
+        if not self.fits or self.source != "measured" or not self.step_seconds:
+            return None
+        return self.batch_size / self.step_seconds
 
-    def peak(self, b: int) -> Fraction:
-        return self.fixed + self.per_sample * b + self.quadratic * b * b
-
-    def largest_fitting(self, budget: float | Fraction, low: int, high: int) -> int:
-        """The largest b in [low, high] with peak(b) <= budget; low - 1 when there is none.
-
-        The curve is convex, so the sizes under the budget are an interval; `low` is a size that
-        was measured to fit, so within [low, high] they are a prefix and bisection finds its end.
-        """
-        budget = Fraction(budget)
-        if self.peak(low) > budget:
-            return low - 1
-        while low < high:
-            mid = (low + high + 1) // 2
-            if self.peak(mid) <= budget:
-                low = mid
-            else:
-                high = mid - 1
-        return low
-
-
-def line(p: tuple[int, int], q: tuple[int, int]) -> Curve:
-    per_sample = Fraction(q[1] - p[1], q[0] - p[0])
-    return Curve(p[1] - per_sample * p[0], per_sample)
-
-
-def parabola(p: tuple[int, int], q: tuple[int, int], r: tuple[int, int]) -> Curve:
-    """Through three points (divided differences)."""
-    s1, s2 = Fraction(q[1] - p[1], q[0] - p[0]), Fraction(r[1] - q[1], r[0] - q[0])
-    quadratic = (s2 - s1) / (r[0] - p[0])
-    per_sample = s1 - quadratic * (p[0] + q[0])
-    return Curve(p[1] - per_sample * p[0] - quadratic * p[0] * p[0], per_sample, quadratic)
-
-
-def steepest(p: tuple[int, int], q: tuple[int, int]) -> Curve:
-    """The most curved growth with fixed, per-sample and b^2 terms >= 0 through two points: any
-    such workload fits at least up to where this one does."""
-    quadratic = Fraction(q[1] - p[1], q[0] ** 2 - p[0] ** 2)
-    fixed = p[1] - quadratic * p[0] ** 2
-    if fixed >= 0:
-        return Curve(fixed, Fraction(0), quadratic)
-    # No fixed part: peak = per_sample*b + quadratic*b^2 through both points.
-    quadratic = (Fraction(q[1], q[0]) - Fraction(p[1], p[0])) / (q[0] - p[0])
-    return Curve(Fraction(0), Fraction(p[1], p[0]) - quadratic * p[0], quadratic)
+    def to_dict(self) -> dict:
+        rate = self.samples_per_second
+        return {"batch_size": self.batch_size, "fits": self.fits, "peak_bytes": self.peak_bytes,
+                "seconds": self.seconds, "source": self.source, "step_seconds": self.step_seconds,
+                "samples_per_second": None if rate is None else round(rate, 3)}
 
 
 @dataclass
@@ -129,7 +87,7 @@ class BatchResult:
     low: int
     high: int
     trials: list[Trial] = field(default_factory=list)
-    curve: Curve | None = None
+    curve: Envelope | None = None
     fit_error: float = 0.0  # largest relative gap seen between the fit's prediction and a measurement
 
     @property
@@ -150,6 +108,13 @@ class BatchResult:
         if t is not None and t.fits and t.source == "measured":
             return t.peak_bytes
         return int(self.curve.peak(batch_size)) if self.curve is not None else None
+
+    @property
+    def deciding_curve(self) -> Curve | None:
+        """Of the fitted curves, the one that is largest just past the maximum: what limits it."""
+        if self.curve is None:
+            return None
+        return self.curve.at((self.max_batch_size or self.low) + 1)
 
     @property
     def usable_bytes(self) -> int | None:
@@ -182,14 +147,17 @@ class BatchResult:
         return max(self.low, size)
 
     def to_dict(self) -> dict:
-        curve = self.curve
-        prediction = None if curve is None else {
-            "model": curve.model,
-            "fixed_bytes": round(float(curve.fixed)),
-            "per_sample_bytes": round(float(curve.per_sample), 3),
-            "quadratic_bytes": round(float(curve.quadratic), 6),
-            "fit_error": round(self.fit_error, 6),
-        }
+        prediction = None
+        if self.curve is not None:
+            curve = self.deciding_curve
+            prediction = {
+                "model": self.curve.model,
+                "fixed_bytes": round(float(curve.fixed)),
+                "per_sample_bytes": round(float(curve.per_sample), 3),
+                "quadratic_bytes": round(float(curve.quadratic), 6),
+                "fit_error": round(self.fit_error, 6),
+                "moments": len(self.curve.pieces),  # the curves whose largest is the prediction
+            }
         return {
             "schema": SCHEMA,
             "max_batch_size": self.max_batch_size,
@@ -238,7 +206,7 @@ def search(
 class _Placement:
     """Why the next trial runs where it does, to judge the fit by its outcome."""
 
-    curve: Curve | None  # what predicted its peak; None for a one-point bound or bisection
+    curve: Envelope | None  # what predicted its peak; None for a one-point bound or bisection
     expects_fit: bool
     kind: str  # "fit" (the fit's largest size), "bound" (fits under the most curved growth), "search"
 
@@ -251,7 +219,7 @@ class _Search:
         self.low, self.high = low, high
         self.capacity = capacity
         self.trials: list[Trial] = []
-        self.peaks: dict[int, int] = {}  # batch size -> measured peak, for the sizes that fit
+        self.points: dict[int, Point] = {}  # batch size -> what was measured, for the sizes that fit
         self.largest_fit: int | None = None
         self.smallest_oom: int | None = None
         self.fit_error = 0.0
@@ -270,7 +238,7 @@ class _Search:
         if self.capacity is None and result.capacity_bytes:
             self.capacity = result.capacity_bytes
         if result.fits:
-            self.peaks[b] = int(result.peak_bytes or 0)
+            self.points[b] = Point(b, int(result.peak_bytes or 0), tuple(result.moments))
             self.largest_fit = max(self.largest_fit or b, b)
             self._overshoots = 0
         else:
@@ -284,18 +252,18 @@ class _Search:
         """How far the fit was off; which fit to trust next."""
         expected = float(placement.curve.peak(b))
         if fits:
-            gap = abs(expected - self.peaks[b])
-            relative = gap / max(self.peaks[b], 1)
+            gap = abs(expected - self.points[b].peak)
+            relative = gap / max(self.points[b].peak, 1)
             if relative <= TOLERANCE:
                 self._gap = gap
             if placement.kind == "fit":
                 self.fit_error = max(self.fit_error, relative)
         if placement.kind != "fit":
             return
-        low_by_far = not fits or self.peaks[b] > expected * (1 + TOLERANCE)
+        low_by_far = not fits or self.points[b].peak > expected * (1 + TOLERANCE)
         if placement.curve.model == "linear" and low_by_far:
             self._prefer_bent = True  # the line promised too much: the points bend
-        elif placement.curve.model == "quadratic" and (low_by_far or self.peaks[b] < expected * (1 - TOLERANCE)):
+        elif placement.curve.model == "quadratic" and (low_by_far or self.points[b].peak < expected * (1 - TOLERANCE)):
             self._prefer_bent = False  # the parabola erred: a kink, straight beyond it
 
     # -- deciding -------------------------------------------------------------------------------
@@ -305,11 +273,14 @@ class _Search:
             return True
         if self._gap is None:
             return False
-        # Peak is convex in the batch size, so the secant through the two largest sizes that fit,
-        # extended by one, is a lower bound of the next size's peak: past the capacity by more
-        # than the fit's error, it cannot fit.
-        prev = sorted(self.peaks)[-2]
-        over = self.peaks[lo] + Fraction(self.peaks[lo] - self.peaks[prev], lo - prev)
+        # Each moment's bytes are convex in the batch size, so the secant through the largest size
+        # that fits and a smaller one, extended by one, is a lower bound of the next size's peak:
+        # past the capacity by more than the fit's error, it cannot fit. Moments lie on lines: the
+        # smallest size, whose secant rounding (allocator blocks) tilts least; the run's peak alone
+        # bends at kinks: the next largest, whose secant is steepest.
+        sizes = sorted(self.points)
+        other = sizes[0] if self._moments_fitted(sizes[0]) else sizes[-2]
+        over = fit([self.points[other], self.points[lo]], bent=False).peak(lo + 1)
         if float(over) - self.capacity > self._gap:
             self.trials.append(Trial(lo + 1, False, math.ceil(over), None, "predicted"))
             return True
@@ -321,15 +292,20 @@ class _Search:
             return self._place(2 * lo if self.smallest_oom is None else (lo + hi + 1) // 2)
         if self._overshoots >= OVERSHOOTS_BEFORE_BISECTION:
             return self._place((lo + hi + 1) // 2)
-        points = sorted(self.peaks.items())[-3:]
+        points = [(b, self.points[b].peak) for b in sorted(self.points)[-3:]]
         if len(points) == 1:
-            bound = lo * math.sqrt(self.capacity / self.peaks[lo])
+            bound = lo * math.sqrt(self.capacity / max(self.points[lo].peak, 1))
             return self._place(math.floor(bound), expects_fit=math.floor(bound) > lo, kind="bound")
         curve = self.curve()
         size = curve.largest_fitting(self.capacity, lo, self.high)
         if size <= hi:
             return self._place(size, curve, kind="fit")
-        # The fit promised a size that did not fit (step 4 of the module doc).
+        # The fit promised a size that did not fit (step 4 of the module doc). Where the moments
+        # were fitted, the kinks are in the fit already and what is left is rounding (allocator
+        # blocks, per-size kernels), which tilts a line through close sizes: measure halfway, a
+        # long base for the next fit.
+        if self._moments_fitted():
+            return self._place((lo + hi + 1) // 2)
         if len(points) == 2 or parabola(*points).quadratic <= 0:
             curve = steepest(*points[-2:])
             size = curve.largest_fitting(self.capacity, lo, self.high)
@@ -337,29 +313,35 @@ class _Search:
                 return self._place(size, curve, kind="bound")
         return self._place((lo + hi + 1) // 2)
 
+    def _moments_fitted(self, other: int | None = None) -> bool:
+        """Do the largest size that fits and `other` (default: the next largest) have moments to fit?"""
+        sizes = sorted(self.points)
+        pair = [self.points[sizes[-2] if other is None else other], self.points[sizes[-1]]]
+        return len({len(p.moments) for p in pair}) == 1 and bool(pair[0].moments)
+
     def _open_top(self) -> int:
         """The largest size not yet known to be too large."""
         return (self.smallest_oom or self.high + 1) - 1
 
-    def _place(self, size: int, curve: Curve | None = None, *, expects_fit: bool = True, kind: str = "search") -> int:
+    def _place(self, size: int, curve: Envelope | None = None, *, expects_fit: bool = True, kind: str = "search") -> int:
         size = min(max(size, self.largest_fit + 1), self._open_top())
         if curve is not None:
             expects_fit = curve.peak(size) <= self.capacity
         self._placement = _Placement(curve, expects_fit, kind)
         return size
 
-    def curve(self) -> Curve | None:
-        """The line through the two largest sizes that fit, or the parabola through the three
+    def curve(self) -> Envelope | None:
+        """The lines through the two largest sizes that fit, or the parabolas through the three
         largest (see the module doc, steps 2 and 4)."""
-        points = sorted(self.peaks.items())[-3:]
+        points = list(self.points.values())
         if len(points) < 2:
             return None
-        straight = line(points[-2], points[-1])
-        if len(points) == 3:
-            bent = parabola(*points)
-            if bent.quadratic > 0:  # a concave fit would promise ever more room
+        straight = fit(points, bent=False)
+        if len(points) >= 3:
+            bent = fit(points, bent=True)
+            if bent.quadratic > 0:  # only what bends up: a concave fit would promise ever more room
                 if self._prefer_bent is None:
-                    b, peak = points[0]
+                    b, peak = sorted((p.batch_size, p.peak) for p in points)[-3]
                     if abs(float(straight.peak(b)) - peak) > TOLERANCE * max(peak, 1):
                         return bent
                 elif self._prefer_bent:

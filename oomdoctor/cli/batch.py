@@ -134,10 +134,11 @@ def _summary(result: BatchResult, flag: str, current: int | None, accumulation: 
         else:
             lines.append(f"Recommended: [bold]{recommended}[/bold], the smallest size: even it leaves only "
                          f"{format_bytes(usable - peak)} of {of} free, less than the {result.margin:.0%} margin.")
-    if result.curve is not None:
-        c = result.curve
+    c = result.deciding_curve
+    if c is not None:
         bend = f" + {format_bytes(float(c.quadratic))} x batch^2" if c.quadratic else ""
-        lines.append(f"Memory model ({c.model}, near the maximum): {format_bytes(float(c.fixed))} + "
+        moments = f", the largest of {len(result.curve.pieces)} moments of the step" if len(result.curve.pieces) > 1 else ""
+        lines.append(f"Memory model ({result.curve.model}{moments}; near the maximum): {format_bytes(float(c.fixed))} + "
                      f"{format_bytes(float(c.per_sample))} x batch{bend}.")
     if accumulation is not None:
         lines.append(f"The script's batch size is {current}: run it with {flag} {accumulation['micro_batch_size']} and "
