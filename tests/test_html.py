@@ -235,3 +235,67 @@ def test_screenshot_script_makes_a_png(tmp_path):
     data = out.read_bytes()
     assert data[:8] == b"\x89PNG\r\n\x1a\n"
     assert struct.unpack(">II", data[16:24]) == (1280, 2200)
+
+
+PAYLOAD = '"><script>document.title="pwned"</script><svg onload=alert(1)>'
+
+
+class _Disguised(int):
+    """A number that prints as markup: however a value got into a report, it must come out escaped."""
+
+    def __str__(self) -> str:
+        return PAYLOAD
+
+    __format__ = lambda self, spec: PAYLOAD  # noqa: E731
+
+
+def _crafted() -> Report:
+    report = _report()
+    for step in report.steps:
+        step.index = _Disguised(step.index)
+    report.peak_step = report.steps[-1].index
+    report.steps_total = _Disguised(5)
+    report.exit = ExitInfo(_Disguised(1), PAYLOAD)
+    report.device.type, report.device.name = PAYLOAD, PAYLOAD
+    f = report.findings[0]
+    f.kind, f.severity, f.location.line = PAYLOAD, PAYLOAD, _Disguised(3)
+    report.batch["recommended_batch_size"] = PAYLOAD
+    report.batch["trials"][0]["source"] = PAYLOAD
+    report.ranks = [_report(rank=_Disguised(0))]
+    return report
+
+
+def test_every_value_is_escaped_numbers_too():
+    # GIVEN a report whose numbers and strings all print as markup
+    html = render_html(_crafted())
+    # THEN only our own script exists and no tag or attribute of the payload survives
+    assert html.count("<script") == 1 and "<svg onload" not in html and '"><script' not in html
+    assert html.count("&quot;&gt;&lt;script&gt;") >= 10
+
+
+def test_the_page_runs_only_its_own_script():
+    html = render_html(_report())
+    csp = re.search(r'http-equiv="Content-Security-Policy" content="([^"]+)"', html).group(1)
+    script_src = re.search(r"script-src ([^;]+)", csp).group(1)
+    assert "unsafe-inline" not in script_src and script_src.startswith("'sha256-")
+
+
+@needs_chromium
+def test_browser_runs_no_injected_script(tmp_path):
+    # GIVEN the page of a crafted report, and the same page with a script injected as if escaping
+    # had failed somewhere
+    crafted = tmp_path / "crafted.html"
+    crafted.write_text(render_html(_crafted()), encoding="utf-8")
+    injected = tmp_path / "injected.html"
+    injected.write_text(render_html(_report()).replace(
+        "<main>", '<main><script>document.title="pwned"</script><img src=x onerror="document.title=\'pwned\'">'),
+        encoding="utf-8")
+    for page in (crafted, injected):
+        # WHEN headless Chromium loads it
+        result = _chromium("--dump-dom", page.as_uri(), profile=tmp_path / "profile")
+        # THEN our own script ran (allowed by its hash) and nothing else did
+        assert result.returncode == 0, result.stderr[-2000:]
+        assert 'data-ready="1"' in result.stdout
+        title = re.search(r"<title>(.*?)</title>", result.stdout, re.S).group(1)
+        assert "pwned" not in title.replace("&quot;pwned&quot;", "")
+        assert not title.startswith("pwned")

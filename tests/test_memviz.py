@@ -7,6 +7,7 @@ import pickle
 import textwrap
 
 from conftest import run_cli
+from test_report_load import report_cli
 from oomdoctor.gpu.memviz import load_snapshot
 
 SCRIPT = textwrap.dedent("""
@@ -34,10 +35,13 @@ def test_a_cpu_run_writes_a_snapshot_memory_viz_can_open(tmp_path):
     # the CUDA allocator model's view of the same program is in the report
     report = json.loads((tmp_path / "r.json").read_text())
     assert report["aggregates"]["predicted_cuda_reserved_peak_bytes"] >= report["peak_bytes"]
-    # and `report` summarizes the snapshot by line
+    # and `report` summarizes what the snapshot has (a trace, no segments on CPU) and by line
     summary = run_cli("report", "s.pickle", cwd=tmp_path)
-    assert summary.returncode == 0
-    assert "s.py:9" in summary.stdout
+    assert summary.returncode == 0 and summary.stderr == ""
+    allocs = sum(e["action"] == "alloc" for e in trace)
+    assert f"trace: {len(trace)} events, {allocs} allocations" in summary.stdout
+    assert "segments" not in summary.stdout and "reserved 0 B" not in summary.stdout
+    assert "s.py:9" in summary.stdout and "4.00 MiB" in summary.stdout
 
 
 class Evil:
@@ -59,3 +63,41 @@ def test_not_a_snapshot_is_a_one_line_error(tmp_path):
     for name in ("x.pickle", "y.pickle", "missing.pickle"):
         result = run_cli("report", name, cwd=tmp_path)
         assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1, result.stderr
+
+
+def test_a_cuda_style_snapshot_counts_segments_and_completed_frees(tmp_path):
+    # GIVEN the structure torch.cuda.memory._snapshot() returns (no GPU here: written by hand)
+    frames = [{"filename": "/usr/lib/python3/site-packages/torch/nn/linear.py", "line": 5, "name": "forward"},
+              {"filename": "train.py", "line": 12, "name": "step"}]
+    events = [{"action": "alloc", "addr": 1, "size": 2 << 20, "frames": frames},
+              {"action": "alloc", "addr": 2, "size": 1 << 20, "frames": frames},
+              {"action": "free_requested", "addr": 1, "size": 2 << 20, "frames": []},
+              {"action": "free_completed", "addr": 1, "size": 2 << 20, "frames": []}]
+    snapshot = {"segments": [{"total_size": 20 << 20, "allocated_size": 1 << 20, "blocks": []}],
+                "device_traces": [events]}
+    (tmp_path / "cuda.pickle").write_bytes(pickle.dumps(snapshot))
+    result = run_cli("report", "cuda.pickle", cwd=tmp_path)
+    # THEN reserved and allocated come from the segments, the trace's peak and end from its events
+    assert result.returncode == 0, result.stderr
+    assert "1 segments: reserved 20.00 MiB, allocated 1.00 MiB" in result.stdout
+    assert "4 events, 2 allocations, 1 frees; peak live 3.00 MiB, live at the end 1.00 MiB" in result.stdout
+    assert "train.py:12" in result.stdout  # the user's line, not torch's
+
+
+def test_malformed_snapshots_are_one_line_errors(tmp_path):
+    # GIVEN pickles that hold no class (so they load) but are not snapshots in many ways
+    (tmp_path / "build.pickle").write_bytes(b"}}(X\x01\x00\x00\x00aK\x01ub.")  # BUILD on a dict
+    (tmp_path / "folder.pickle").mkdir()
+    bad = {"events": {"device_traces": [[1, 2]]},
+           "size": {"device_traces": [[{"action": "alloc", "addr": 1, "size": "12"}]]},
+           "negative": {"device_traces": [[{"action": "alloc", "addr": 1, "size": -5}]]},
+           "segment": {"segments": [{"total_size": "x"}]},
+           "traces": {"device_traces": "abc"},
+           "frames": {"device_traces": [[{"action": "alloc", "addr": 1, "size": 12, "frames": [3]}]]}}
+    for name, data in bad.items():
+        (tmp_path / f"{name}.pickle").write_bytes(pickle.dumps(data))
+    for name in ("build", "folder", *bad):
+        code, _, err = report_cli("report", str(tmp_path / f"{name}.pickle"))  # in-process: fast
+        # THEN each is one line naming the file, exit 2
+        assert code == 2, (name, err)
+        assert err.startswith(f"oomdoctor: error: {tmp_path / name}.pickle") and len(err.splitlines()) == 1, err

@@ -129,7 +129,7 @@ def _list(value: Any, where: str) -> list:
 
 def _dict(value: Any, where: str) -> dict:
     if not isinstance(value, dict):
-        raise BadInput(f"{where} is a {type(value).__name__}, not a dict")
+        raise BadInput(f"{where} is not a dict but {type(value).__name__}")
     return value
 
 
