@@ -1,14 +1,33 @@
-"""`track` (context manager) and `watch` (decorator): the Python API on the one core."""
+"""`track` (context manager) and `watch` (decorator): the Python API on the one core.
+
+Contract, beyond "one session, one report":
+- `json=`/`html=` paths are made absolute when `track()` is entered or `watch` decorates, so a
+  later `os.chdir` of the program does not move the report.
+- Only the process that started a session reports: a child forked while it runs (`os.fork`,
+  multiprocessing's fork start method) prints nothing and writes nothing.
+- Inside `oomdoctor run` both join the running session; `step_fn.stop()` then returns a snapshot
+  of that session's report and leaves the run going.
+- A session started by `watch` reports when the program exits; an uncaught exception that ends
+  the program is in that report (exit code 1, 130 for Ctrl-C), and the traceback python prints
+  for it has no oomdoctor frame.
+"""
 from __future__ import annotations
 
 import atexit
 import contextlib
 import functools
-from typing import Any, Callable, Iterator, TypeVar, overload
+import os
+import sys
+import types
+from typing import TYPE_CHECKING, Any, Callable, Iterator, TypeVar, overload
 
-from .report.model import Report
-from .session import Session
+from .report.output import output_path
+from .runner import printable, tool_frames
 from .sizes import parse_size
+
+if TYPE_CHECKING:
+    from .report.model import Report
+    from .session import Session
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -26,13 +45,23 @@ def track(
     """Watch the memory of a block. Yields the `Session`; `session.report()` gives the report,
     printed (to stderr) when the block ends unless `quiet`. Call `session.step()` at the end of
     each iteration when the block has no optimizer and no `backward()` to find steps by."""
+    from .session import Session, StepLimitReached
+
     active = Session.current()
     if active is not None:  # inside `oomdoctor run` or another track(): one report, not two
         yield active
         return
-    session = Session(capacity=_size(capacity), device=device, exact=exact, quiet=quiet, json=json, html=html)
-    with session:
+    session = Session(capacity=_size(capacity), device=device, exact=exact, quiet=quiet, json=output_path(json),
+                      html=output_path(html))
+    starter = os.getpid()
+    session.start()
+    try:
         yield session
+    except BaseException as exc:
+        ended = None if isinstance(exc, StepLimitReached) else printable(exc)
+        _finish(session, starter, ended)
+        raise
+    _finish(session, starter, None)
 
 
 @overload
@@ -47,21 +76,26 @@ def watch(fn: Callable[..., Any] | None = None, **options: Any) -> Any:
     Bare (`@oomdoctor.watch`) or with the options of `track` (`@oomdoctor.watch(json="m.json")`).
     Outside `oomdoctor run` the first call starts a session whose report is printed when the
     program exits, or when `step_fn.stop()` is called; `step_fn.session` is that session.
+    Inside `oomdoctor run`, `step_fn.stop()` returns the running session's report so far.
     """
     if fn is None:
         return lambda f: watch(f, **options)
-    owned: dict[str, Session] = {}
+    json, html = output_path(options.get("json")), output_path(options.get("html"))
+    owned: dict[str, Any] = {}
 
     def session_for_call() -> Session:
+        from .session import Session
+
         active = Session.current()
         if active is not None:
+            wrapper.session = active  # type: ignore[attr-defined]
             return active
         session = Session(
             capacity=_size(options.get("capacity")), device=options.get("device"),
-            exact=options.get("exact", False), quiet=options.get("quiet", False),
-            json=options.get("json"), html=options.get("html"),
+            exact=options.get("exact", False), quiet=options.get("quiet", False), json=json, html=html,
         ).start()
-        owned["session"] = wrapper.session = session  # type: ignore[attr-defined]
+        owned.update(session=session, starter=os.getpid(), hook=_UncaughtHook(session))
+        wrapper.session = session  # type: ignore[attr-defined]
         atexit.register(stop)
         return session
 
@@ -75,15 +109,20 @@ def watch(fn: Callable[..., Any] | None = None, **options: Any) -> Any:
             session.end_step()
 
     def stop() -> Report | None:
-        """End the session this decorator started, print/write its report, and return it."""
-        from .report.output import emit
+        """End the session this decorator started, print/write its report, and return it; inside
+        `oomdoctor run`, the running session's report so far."""
+        from .session import Session
 
         session = owned.get("session")
         if session is None:
+            active = Session.current()
+            return active.report() if active is not None else None
+        if owned["starter"] != os.getpid():  # a forked child: the parent reports
             return None
+        hook = owned["hook"]
+        hook.remove()
         if session._report is None:
-            report = session.stop()
-            emit(report, quiet=session.quiet, json_path=session.json_path, html_path=session.html_path)
+            _finish(session, owned["starter"], hook.uncaught)
         return session.report()
 
     wrapper.stop = stop  # type: ignore[attr-defined]
@@ -91,6 +130,53 @@ def watch(fn: Callable[..., Any] | None = None, **options: Any) -> Any:
     return wrapper
 
 
+def _finish(session: Session, starter: int, exc: BaseException | None) -> None:
+    """Stop `session` and print/write its report, in the process that started it only."""
+    if os.getpid() != starter:
+        return
+    from .report.output import emit
+
+    code = None if exc is None else 130 if isinstance(exc, KeyboardInterrupt) else 1
+    report = session.stop(exc, exit_code=code)
+    emit(report, quiet=session.quiet, json_path=session.json_path, html_path=session.html_path)
+
+
+class _UncaughtHook:
+    """A `sys.excepthook` for the life of a `watch` session: it keeps the exception that ends the
+    program for the report (recorded while its frames are alive), and hands python's hook (or the
+    user's) a traceback without oomdoctor's frames."""
+
+    def __init__(self, session: Session):
+        self.session = session
+        self.uncaught: BaseException | None = None
+        self.previous = sys.excepthook
+        sys.excepthook = self
+
+    def __call__(self, kind: type[BaseException], exc: BaseException, tb: types.TracebackType | None) -> None:
+        self.uncaught = printable(exc)
+        try:
+            self.session.record_exception(self.uncaught)
+        except Exception:  # noqa: BLE001 - never in the way of the user's traceback
+            pass
+        self.previous(kind, exc, _without_tool_frames(tb))
+
+    def remove(self) -> None:
+        if sys.excepthook is self:
+            sys.excepthook = self.previous
+
+
+def _without_tool_frames(tb: types.TracebackType | None) -> types.TracebackType | None:
+    chain = []
+    while tb is not None:
+        chain.append(tb)
+        tb = tb.tb_next
+    hidden = tool_frames([t.tb_frame.f_code.co_filename for t in chain])
+    kept = None
+    for t, drop in reversed(list(zip(chain, hidden))):
+        if not drop:
+            kept = types.TracebackType(kept, t.tb_frame, t.tb_lasti, t.tb_lineno)
+    return kept
+
+
 def _size(value: int | str | None) -> int | None:
     return None if value is None else parse_size(value)
-

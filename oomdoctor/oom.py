@@ -6,8 +6,6 @@ Anything else is not an OOM and must never be treated as "does not fit".
 """
 from __future__ import annotations
 
-import torch
-
 # Lower-case fragments, each a family of real messages.
 _OOM_MESSAGES = (
     "cuda out of memory",  # CUDA caching allocator, before torch.OutOfMemoryError existed
@@ -30,6 +28,8 @@ _OOM_IF_CUDNN = ("cudnn_status_not_supported",)
 
 def is_oom(exc: BaseException) -> bool:
     """True when `exc` means "this did not fit in memory"."""
+    import torch  # here, not at the top: the message check alone must not load torch
+
     if isinstance(exc, torch.OutOfMemoryError):
         return True
     if not isinstance(exc, RuntimeError):

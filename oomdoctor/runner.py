@@ -9,7 +9,9 @@ after the script's own output.
 from __future__ import annotations
 
 import builtins
+import contextlib
 import importlib.machinery
+import importlib.util
 import os
 import runpy
 import signal
@@ -17,10 +19,12 @@ import sys
 import traceback
 import types
 from dataclasses import dataclass
-from typing import Callable
+from typing import TYPE_CHECKING, Callable, Iterator
 
 from .errors import BadInput
-from .session import Session, StepLimitReached
+
+if TYPE_CHECKING:  # the session imports torch: only once a script runs
+    from .session import Session
 
 
 @dataclass
@@ -43,14 +47,8 @@ class Target:
 def check_target(target: Target) -> None:
     """Fail before anything runs: missing file, unreadable file, syntax error, unknown module."""
     if target.module is not None:
-        import importlib.util
-
-        try:
-            found = importlib.util.find_spec(target.module)
-        except (ImportError, ValueError):
-            found = None
-        if found is None:
-            raise BadInput(f"no module named {target.module!r}")
+        with _python_path(target):
+            _find_module(target.module)
         return
     path = target.path
     if not os.path.exists(path):
@@ -75,43 +73,80 @@ def run_target(target: Target, session: Session, emit: Callable[[BaseException |
     """Run `target` under `session`; call `emit(exc, code)` once it ended; return the exit code.
 
     For Ctrl-C this does not return: like python, the process dies of SIGINT after the report.
+    A process forked by the script that runs on to the end of it exits as python's would, without
+    `emit`: the report is the starting process's alone.
     """
-    saved_argv, saved_path0 = sys.argv[:], sys.path[0] if sys.path else None
+    from .session import StepLimitReached
+
+    saved_argv, starter = sys.argv[:], os.getpid()
     sys.argv = [target.argv0, *target.args]
-    folder = os.getcwd() if target.module is not None else os.path.dirname(os.path.realpath(target.path))
-    if sys.path:
-        sys.path[0] = folder
-    else:
-        sys.path.insert(0, folder)
     error: BaseException | None = None
     code = 0
     # The script's globals live on until the report is made, as they do under python until exit:
     # what the script still holds at its end is part of its memory.
     kept: list = []
-    session.start()
-    try:
-        if target.module is not None:
-            kept.append(runpy.run_module(target.module, run_name="__main__", alter_sys=True))
-        else:
-            _run_path(target.path, kept)
-    except StepLimitReached:
-        code = 0
-    except SystemExit as exc:
-        code = _exit_code(exc)
-    except BaseException as exc:  # noqa: BLE001 - the user's exception, reported like python
-        session.record_exception(exc)  # while its frames, and their tensors, are still alive
-        _print_traceback(exc)
-        error = exc
-        code = 1
-    finally:
-        sys.argv = saved_argv
-        if saved_path0 is not None and sys.path:
-            sys.path[0] = saved_path0
+    with _python_path(target):
+        session.start()
+        try:
+            if target.module is not None:
+                kept.append(runpy.run_module(target.module, run_name="__main__", alter_sys=True))
+            else:
+                _run_path(target.path, kept)
+        except StepLimitReached:
+            code = 0
+        except SystemExit as exc:
+            code = _exit_code(exc)
+        except BaseException as exc:  # noqa: BLE001 - the user's exception, reported like python
+            error = printable(exc)
+            session.record_exception(error)  # while its frames, and their tensors, are still alive
+            print_traceback(exc)
+            code = 130 if isinstance(exc, KeyboardInterrupt) else 1
+        finally:
+            sys.argv = saved_argv
     _flush()
-    emit(error, code)
+    if os.getpid() == starter:
+        emit(error, code)
     if isinstance(error, KeyboardInterrupt):
         _die_of_sigint()
     return code
+
+
+def _find_module(name: str) -> None:
+    """Is there a module `name` to run? Found as the import system would, without running any
+    package's `__init__` (that is the script's work, under the session)."""
+    parts = name.split(".")
+    try:
+        spec = importlib.util.find_spec(parts[0])
+        for depth in range(1, len(parts)):
+            if spec is None or spec.submodule_search_locations is None:
+                break
+            spec = importlib.machinery.PathFinder.find_spec(".".join(parts[:depth + 1]),
+                                                           list(spec.submodule_search_locations))
+    except (ImportError, ValueError):
+        spec = None
+    if spec is None:
+        raise BadInput(f"no module named {name!r}")
+
+
+@contextlib.contextmanager
+def _python_path(target: Target) -> Iterator[None]:
+    """`sys.path[0]` as python sets it: the script's folder, or the current folder for `-m`.
+    It replaces oomdoctor's own first entry (its `bin` folder, or the cwd of `python -m
+    oomdoctor`), and stays untouched where python adds none (`-P`, PYTHONSAFEPATH)."""
+    if getattr(sys.flags, "safe_path", False):
+        yield
+        return
+    folder = os.getcwd() if target.module is not None else os.path.dirname(os.path.realpath(target.path))
+    saved = sys.path[0] if sys.path else None
+    if sys.path:
+        sys.path[0] = folder
+    else:
+        sys.path.insert(0, folder)
+    try:
+        yield
+    finally:
+        if saved is not None and sys.path:
+            sys.path[0] = saved
 
 
 def _run_path(path: str, kept: list) -> None:
@@ -146,17 +181,53 @@ def _exit_code(exc: SystemExit) -> int:
     return 1
 
 
-def _print_traceback(exc: BaseException) -> None:
-    """Print like python does, without oomdoctor's and runpy's own frames (the runner on top,
-    the ledger's hooks in the middle of a simulated OOM)."""
-    ours = (os.path.dirname(__file__) + os.sep, runpy.__file__, "<frozen runpy>")
-    if "simulated by oomdoctor" in str(exc):  # also the wrappers torch puts around dispatch modes
-        ours += (os.path.join("torch", "_compile.py"), os.path.join("torch", "_dynamo", "eval_frame.py"))
+def printable(exc: BaseException) -> BaseException:
+    """`exc`, or where its `__str__` raises, a stand-in of the same type name and traceback whose
+    message is python's own "<exception str() failed>": the report must not fail on it."""
+    try:
+        str(exc)
+        return exc
+    except Exception:  # noqa: BLE001 - any failure of the user's __str__
+        base = KeyboardInterrupt if isinstance(exc, KeyboardInterrupt) else Exception
+        stand_in = type(type(exc).__name__, (base,), {"__module__": type(exc).__module__})
+        return stand_in("<exception str() failed>").with_traceback(exc.__traceback__)
+
+
+def print_traceback(exc: BaseException) -> None:
+    """Print `exc` as python does, without the frames oomdoctor adds (see `tool_frames`), also
+    in the exceptions it was raised from or while handling."""
     report = traceback.TracebackException(type(exc), exc, exc.__traceback__)
-    report.stack = traceback.StackSummary.from_list(
-        [f for f in report.stack if not (f.filename.startswith(ours[:3]) or f.filename.endswith(ours[3:]))])
-    sys.stdout.flush()
+    seen, todo = set(), [report]
+    while todo:
+        one = todo.pop()
+        if id(one) in seen:
+            continue
+        seen.add(id(one))
+        hidden = tool_frames([f.filename for f in one.stack])
+        one.stack = traceback.StackSummary.from_list([f for f, drop in zip(one.stack, hidden) if not drop])
+        todo += [e for e in (one.__cause__, one.__context__) if e is not None]
+    _flush()
     print("".join(report.format()), end="", file=sys.stderr)
+
+
+_OURS = (os.path.dirname(__file__) + os.sep, runpy.__file__, "<frozen runpy>")
+# torch's wrappers around a dispatch mode (outside the ledger's frame) and the op it calls (inside):
+# python shows none of them for the same failing op without oomdoctor.
+_DISPATCH = tuple(os.path.join("torch", *p) for p in (("_compile.py",), ("_dynamo", "eval_frame.py"), ("_ops.py",),
+                                                      ("utils", "_python_dispatch.py")))
+
+
+def tool_frames(filenames: list[str]) -> list[bool]:
+    """Which frames of a stack (outermost first) oomdoctor put there: its own and runpy's, and
+    torch's dispatch machinery next to them."""
+    hidden = [name.startswith(_OURS) for name in filenames]
+    for i in [i for i, ours in enumerate(hidden) if ours]:
+        for step in (-1, 1):
+            j = i + step
+            while 0 <= j < len(filenames) and filenames[j].endswith(_DISPATCH):
+                hidden[j] = True
+                j += step
+    return hidden
 
 
 def _flush() -> None:

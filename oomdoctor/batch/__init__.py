@@ -7,7 +7,17 @@
 """
 from __future__ import annotations
 
-from .api import auto_batch_size, find_batch_size
+from typing import Any
+
 from .search import BatchResult, Trial, search
 
 __all__ = ["BatchResult", "Trial", "auto_batch_size", "find_batch_size", "search"]
+
+
+def __getattr__(name: str) -> Any:
+    # The in-process API imports torch: load it on first use, so that the CLI starts without it.
+    if name in ("auto_batch_size", "find_batch_size"):
+        from . import api
+
+        return getattr(api, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -2,6 +2,9 @@
 
 Errors the user must fix become one line on stderr and exit code 2 (design.md, "Contracts"); the
 `run` command returns the script's own exit code.
+
+No command module imports torch when it is imported (only when a script runs, or a snapshot is
+read): `--help`, `lint`, `explain` and `report` answer without paying for it.
 """
 from __future__ import annotations
 
@@ -29,7 +32,8 @@ def main(argv: list[str] | None = None) -> None:
     try:
         result = app(args=argv, prog_name="oomdoctor", standalone_mode=False)
     except _USAGE_ERROR as exc:
-        if type(exc).__name__ == "NoArgsIsHelpError":  # bare `oomdoctor`: help was printed
+        if type(exc).__name__ == "NoArgsIsHelpError":  # bare `oomdoctor`: its help, as a usage error
+            print(exc.format_message(), file=sys.stderr)
             sys.exit(2)
         command = exc.ctx.command_path if exc.ctx else "oomdoctor"
         _fail(f"{command}: {exc.format_message()} (see --help)", 2)

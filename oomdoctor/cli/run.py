@@ -6,23 +6,42 @@ import sys
 from typing import List, Optional
 
 import typer
+from typer.core import TyperCommand
 
 from ..distributed import current_rank, finish_rank
 from ..errors import BadInput
-from ..report.output import emit
-from ..report.json import check_writable
+from ..report.output import check_output, output_path, save, show, tell
 from ..report.model import FINDING_KINDS
 from ..runner import Target, check_target, run_target
-from ..session import Session
 from ..sizes import parse_size
 from ._app import app
 
 
-@app.command(context_settings={"allow_interspersed_args": False, "ignore_unknown_options": True})
+class _RunCommand(TyperCommand):
+    """Everything after `-m MODULE` is the module's, as everything after SCRIPT is the script's
+    (python's own rule): the parser is told so by a `--` after the module's name."""
+
+    def parse_args(self, ctx, args: list[str]) -> list[str]:
+        takes_value = {name for p in self.params if getattr(p, "is_flag", True) is False
+                       for name in (*p.opts, *p.secondary_opts)}
+        i = 0
+        while i < len(args) and args[i] != "--" and args[i].startswith("-"):
+            arg = args[i]
+            if arg == "-m" and i + 1 < len(args):
+                return super().parse_args(ctx, [*args[:i + 2], "--", *args[i + 2:]])
+            if arg.startswith("-m") and len(arg) > 2:  # `-mmod`, as python takes it
+                return super().parse_args(ctx, [*args[:i], "-m", arg[2:], "--", *args[i + 1:]])
+            i += 2 if arg in takes_value else 1  # an option's value is not the script
+        return super().parse_args(ctx, args)
+
+
+@app.command(cls=_RunCommand,
+             context_settings={"allow_interspersed_args": False, "ignore_unknown_options": True})
 def run(
     script: Optional[str] = typer.Argument(None, metavar="SCRIPT", help="Python script to run (or use -m MODULE)."),
     args: Optional[List[str]] = typer.Argument(None, metavar="[ARGS]...", help="Arguments for the script."),
-    module: Optional[str] = typer.Option(None, "-m", help="Run a module as `python -m MODULE` does."),
+    module: Optional[str] = typer.Option(
+        None, "-m", metavar="MODULE", help="Run a module as `python -m MODULE` does; what follows is its arguments."),
     json: Optional[str] = typer.Option(None, "--json", metavar="PATH", help="Write the report as JSON."),
     html: Optional[str] = typer.Option(None, "--html", metavar="PATH", help="Write a self-contained HTML report."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No report on the terminal."),
@@ -33,7 +52,7 @@ def run(
     device: Optional[str] = typer.Option(
         None, "--device", metavar="DEVICE",
         help="The device to watch: cpu, cuda, cuda:1. Default: $OOMDOCTOR_DEVICE, else the GPU if there is one."),
-    steps: Optional[int] = typer.Option(None, "--steps", min=1, help="Stop the script after this many steps."),
+    steps: Optional[int] = typer.Option(None, "--steps", min=1, metavar="N", help="Stop the script after this many steps."),
     history: bool = typer.Option(
         True, "--history/--no-history",
         help="CUDA: record allocations with Python stacks and write a memory_viz snapshot on OOM."),
@@ -44,7 +63,7 @@ def run(
         None, "--fail-on", metavar="KIND[,KIND]",
         help="Exit 1 when findings of these kinds exist (e.g. retained-graph,memory-growth): guard a loop in CI."),
     nproc_per_node: Optional[int] = typer.Option(
-        None, "--nproc-per-node", min=1, help="Launch N processes through torch.distributed.run (torchrun)."),
+        None, "--nproc-per-node", min=1, metavar="N", help="Launch N processes through torch.distributed.run (torchrun)."),
 ) -> int:
     """Run SCRIPT like `python SCRIPT ARGS...` and report its memory, step by step.
 
@@ -62,9 +81,12 @@ def run(
         target = Target(script, None, args)
     size = parse_size(capacity) if capacity is not None else None
     watched = _device(device)
+    # Before the run: an hour of training must not lose its report, nor leave it where the
+    # script's os.chdir went.
+    json, html, memory_viz = output_path(json), output_path(html), output_path(memory_viz)
     for path in (json, html, memory_viz):
         if path:
-            check_writable(path)  # before the run: an hour of training must not lose its report
+            check_output(path)
     check_target(target)
     kinds = _kinds(fail_on)
     if nproc_per_node:
@@ -74,10 +96,13 @@ def run(
             raise BadInput("--memory-viz is not supported with --nproc-per-node yet; run one rank under torchrun")
         return launch(nproc_per_node, options, target)
 
+    from ..session import Session  # imports torch: only now that a script will run
+
     session = Session(capacity=size, exact=exact, stop_after_steps=steps, command=target.describe(), json=json,
                       html=html, quiet=quiet, history=history, memory_viz=memory_viz, device=watched)
 
     failed: list[str] = []
+    unwritten: list[str] = []
 
     def finish(error: BaseException | None, code: int) -> None:
         report = session.stop(error, exit_code=code)
@@ -86,14 +111,17 @@ def run(
             report = finish_rank(report, json, rank)
             if report is None:
                 return
-        emit(report, quiet=quiet, json_path=json, html_path=html)
+        unwritten.extend(save(report, json_path=json, html_path=html))
+        if not quiet:
+            show(report)
         failed.extend(sorted({f.kind for f in report.findings if f.kind in kinds}))
 
     code = run_target(target, session, finish)
     if failed and code == 0:
         print(f"oomdoctor: failing the run: found {', '.join(failed)} (--fail-on)", file=sys.stderr)
-        return 1
-    return code
+        code = 1
+    tell(unwritten)  # last: the one thing the user must not miss
+    return 1 if unwritten and code == 0 else code
 
 
 def _device(name: str | None):
