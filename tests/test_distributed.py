@@ -1,11 +1,18 @@
-"""Multi-process runs: one report per rank, a merged report, and the imbalance between ranks."""
+"""Multi-process runs: one report per rank, a merged report, the imbalance between ranks, and
+rank 0 telling a slow rank from a dead one through the job's store."""
 from __future__ import annotations
 
 import json
 import textwrap
+import threading
+import time
+
+import pytest
 
 from conftest import run_cli
 from oomdoctor.distributed import merge
+from oomdoctor.distributed.gather import gather, publish
+from oomdoctor.distributed.store import Heartbeat, connect
 from oomdoctor.report.model import Device, Finding, Report
 
 DDP_SCRIPT = textwrap.dedent("""
@@ -59,3 +66,45 @@ def test_merge_names_each_finding_by_rank_and_stays_quiet_when_balanced():
 def test_merged_report_round_trips_through_json():
     merged = merge([_report(0, 100), _report(1, 400)])
     assert Report.from_dict(json.loads(json.dumps(merged.to_dict()))) == merged
+
+
+def test_merged_report_holds_the_jobs_total_beside_the_ranks():
+    merged = merge([_report(0, 100), _report(1, 400)], {2: "it stopped"})
+    assert merged.aggregates["job"]["peak_bytes"] == 500
+    assert merged.aggregates["job"]["ranks"] == 3 and merged.aggregates["job"]["reported"] == 2
+    assert merged.notes == ["oomdoctor: warning: no report from rank 2: it stopped"]
+
+
+@pytest.fixture
+def job_store(monkeypatch):
+    """A real TCPStore on loopback, where a torchrun agent would host it."""
+    import torch.distributed as dist
+
+    server = dist.TCPStore("127.0.0.1", 0, is_master=True, wait_for_workers=False)
+    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
+    monkeypatch.setenv("MASTER_PORT", str(server.port))
+    monkeypatch.setenv("TORCHELASTIC_USE_AGENT_STORE", "True")
+    return server
+
+
+def test_rank_0_waits_for_a_slow_rank_and_names_dead_ones_after_a_short_silence(job_store):
+    # GIVEN rank 1 alive and slow (beats, sends its report after 4 s), rank 2 that beat then died,
+    # and rank 3 that never gave a sign of life
+    slow, dead = Heartbeat("job/alive/1"), Heartbeat("job/alive/2")
+    time.sleep(1.5)
+    dead.stop()
+    late = threading.Timer(4.0, lambda: publish(connect(host=False, timeout=5), "job/", 1, _report(1, 7)))
+    late.start()
+    # WHEN rank 0 gathers, with a 2.5 s silence meaning death
+    started = time.monotonic()
+    try:
+        reports, missing = gather(job_store, "job/", 4, wait_s=30, stale_s=2.5)
+    finally:
+        slow.stop()
+        late.join()
+    # THEN the slow rank's report is there, and the others are named with why, well before wait_s
+    assert [(r.rank, r.peak_bytes) for r in reports] == [(1, 7)]
+    assert sorted(missing) == [2, 3]
+    assert "stopped before sending it" in missing[2]
+    assert "before oomdoctor started" in missing[3]
+    assert time.monotonic() - started < 15

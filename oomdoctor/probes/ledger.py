@@ -78,6 +78,8 @@ class Ledger:
 
         On the hot path of every op while the dispatch mode is on: keep it lean.
         """
+        # A DTensor (FSDP2, tensor parallel) reports the global size: this rank holds its shard.
+        tensor = getattr(tensor, "_local_tensor", tensor)
         if not self._on_device(tensor):
             return
         try:
