@@ -8,7 +8,7 @@ from typing import List, Optional
 import typer
 from typer.core import TyperCommand
 
-from ..distributed import current_rank, finish_rank
+from ..distributed import current_rank, finish_rank, start_rank
 from ..errors import BadInput
 from ..report.output import check_output, output_path, save, show, tell
 from ..report.model import FINDING_KINDS
@@ -116,6 +116,7 @@ def run(
             show(report)
         failed.extend(sorted({f.kind for f in report.findings if f.kind in kinds}))
 
+    start_rank(current_rank())  # under torchrun: a sign of life for rank 0, which merges the reports
     code = run_target(target, session, finish)
     if failed and code == 0:
         print(f"oomdoctor: failing the run: found {', '.join(failed)} (--fail-on)", file=sys.stderr)
