@@ -1,30 +1,38 @@
-"""Markers on the autograd graph of every root forward: retained graphs and unused graphs.
+"""Markers on autograd graphs where they are made: retained graphs and unused graphs.
 
-At the end of a root forward that ran with grad mode on (`forward_end`) of a module with
-parameters, each output node (`grad_fn`) gets a `Marker` in its `metadata` dict, which lives
-exactly as long as the node (nodes cannot be weak-referenced; markers can), and a pre-hook that
-notes when a backward pass reaches it. That is all the per-forward cost (~2 us): no graph walks
-and no frame scans until something is detected.
+A `Marker` goes in the `metadata` dict of a graph node (`grad_fn`), which lives exactly as long
+as the node (nodes cannot be weak-referenced; markers can). Graphs are marked
+- at the end of every root forward run with grad mode on, of a module with parameters
+  (`forward_end`), with a pre-hook that notes when a backward pass reaches the node;
+- at every backward root (`backward_start`): also code without any `nn.Module` (raw tensors,
+  functional models) and a loss kept with `retain_graph=True`;
+- at the outputs of inner modules on the steps the session samples (`module_end`): a forward
+  hook that keeps a layer's output, or a layer whose buffer chains each step's graph onto the
+  last, keeps no root output alive.
+That is all the per-call cost (~2 us): no graph walks and no frame scans until something is
+detected.
 
-Retained graphs, two clocks:
-- steps: at a step's end, graphs of forwards from `MIN_OLD` different steps at least `OLD`
-  steps old are alive;
+Retained graphs: whatever the mark, graphs are counted by the step that made them. Two clocks:
+- steps: at a step's end, graphs from `MIN_OLD` different steps at least `OLD` steps old are
+  alive (a leak from the first step is seen at the fifth);
 - forwards, for graphs no backward reached (an evaluation loop, where no step ends): at a call
   site, `MIN_OLD` graphs older than the site's last `OLD` forwards are alive. Such a detection
   is provisional until the session stops: a gradient-accumulation window or an RL episode keeps
   graphs alive too, and then a backward reaches them; only graphs never back-propagated confirm it.
-After a `gc.collect()` rules out graphs waiting in reference cycles, the user's frames are
-searched for the holder and the line that attaches to it (attribution.py). Event
-`retained-graph`, one per holder: holder, location, before, after, method, container, backward
-(did backward run through the held graphs), clock ("step" | "forward"), steps_alive (graphs
-alive, counted in the clock's unit), bytes, bytes_per_step, nodes, forward_site, detected_at,
-provisional. Attribution runs again when the count doubles (at most `MAX_ATTRIBUTIONS` times),
-so the counts follow the run.
+After a `gc.collect()` rules out graphs waiting in reference cycles, what keeps them alive is
+searched for (attribution/). Event `retained-graph`, one per holder: holder, location, before,
+after, method, container, backward (did backward run through the held graphs), clock ("step" |
+"forward"), steps_alive (graphs alive, counted in the clock's unit), bytes (the holder's own
+tensors, the tensors its graphs still save, and the nodes when backward ran through them: with
+`retain_graph=True` all three), bytes_per_step, nodes, forward_site, detected_at, provisional.
+Attribution runs again when the count doubles (at most `MAX_ATTRIBUTIONS` times).
 
-Unused graphs: a forward whose graph was freed, or is alive when the session stops, with no
-backward through it. Event `unused-graph`, one per call site: location, module, eval (the
-module was in eval mode), forwards, backwards, unused, saved_bytes (what the site's first
-forward saved for backward: what each such graph held).
+Unused graphs, per call: a root forward's call site with the user's lines that led to it (one
+`infer()` used by training and by evaluation is two calls). A forward whose graph was freed, or is
+alive when the session stops, with no backward through it, is unused. Event `unused-graph`, one
+per call: location (the forward's line), module, eval (the module was in eval mode at every
+call), forwards, backwards, unused, line_backwards (backwards through forwards of the same line
+from other calls), saved_bytes (what the call's first forward saved for backward).
 """
 from __future__ import annotations
 
@@ -52,14 +60,24 @@ class Marker:
         self.forward = forward
 
 
-class _Site:
-    """A line of the user's code that calls a model, with counts over the session."""
+class _Line:
+    """Backwards through the forwards of one line, whatever the call that led there."""
 
-    __slots__ = ("location", "module", "eval", "forwards", "backwards", "unused", "saved_bytes", "event",
+    __slots__ = ("backwards",)
+
+    def __init__(self) -> None:
+        self.backwards = 0
+
+
+class _Site:
+    """A call of a model by the user's code, with counts over the session."""
+
+    __slots__ = ("location", "line", "module", "eval", "forwards", "backwards", "unused", "saved_bytes", "event",
                  "pending", "attributed")
 
-    def __init__(self, location: dict[str, Any], module: torch.nn.Module):
+    def __init__(self, location: dict[str, Any], line: _Line, module: torch.nn.Module):
         self.location = location
+        self.line = line
         self.module = type(module).__name__
         self.eval = not module.training
         self.forwards = 0
@@ -72,30 +90,36 @@ class _Site:
 
 
 class _Forward:
+    """One marked graph: a root forward's (with its site), a backward root's or an inner
+    module's output (no site)."""
+
     __slots__ = ("step", "site", "backward", "markers", "refs")
 
-    def __init__(self, step: int, site: _Site):
+    def __init__(self, step: int, site: _Site | None, backward: bool = False):
         self.step = step
         self.site = site
-        self.backward = False
+        self.backward = backward
         self.markers = 0
         self.refs: list[weakref.ref] = []
 
     def reached(self, _grad_outputs: Any) -> None:
-        """Node pre-hook: backward reached this forward's graph."""
+        """Node pre-hook: backward reached this graph."""
         if not self.backward:
             self.backward = True
-            self.site.backwards += 1
-            _discard(self.site.pending, self)
+            if self.site is not None:
+                self.site.backwards += 1
+                self.site.line.backwards += 1
+                _discard(self.site.pending, self)
 
 
 class GraphProbe:
     def __init__(self) -> None:
         self.session: Any = None
         self.active = False
-        self.sites: dict[tuple[str, int, str], _Site] = {}
+        self.sites: dict[tuple, _Site] = {}
+        self.lines: dict[tuple, _Line] = {}
         self.alive: dict[int, _Forward] = {}
-        self.alive_by_step: dict[int, int] = {}  # step -> forwards of that step whose graph lives
+        self.alive_by_step: dict[int, int] = {}  # step -> marked graphs of that step alive
         self.holders: dict[tuple[str | None, str], dict[str, Any]] = {}  # events by (holder, clock)
         self._provisional: dict[int, tuple[_Site, list[_Forward]]] = {}  # id(event) -> its site and graphs
         self._attributions = 0
@@ -111,7 +135,7 @@ class GraphProbe:
         timeline = self.session.timeline
         if self.active and timeline.exception is None:
             for forward in list(self.alive.values()):  # alive at the end, nobody back-propagated
-                if not forward.backward:
+                if not forward.backward and forward.site is not None:
                     forward.site.unused += 1
         for site in self.sites.values():
             if site.unused:
@@ -133,35 +157,52 @@ class GraphProbe:
     def forward_end(self, session: Any, module: torch.nn.Module, output: Any) -> None:
         if not torch.is_grad_enabled() or next(module.parameters(), None) is None:
             return  # loss modules and other parameter-less roots only continue a graph
-        nodes = _output_nodes(output)
+        nodes = _output_nodes(output, root=True)
         if not nodes:
             return
-        where = attribution.call_site()
-        if where is None:
+        chain = attribution.call_chain()
+        if not chain:
             return
-        site = self.sites.get(where)
+        site = self.sites.get(chain)
         if site is None:
-            file, line, function = where
+            file, line, function = chain[0]
             location = {"file": file, "line": line, "function": function,
                         "code": attribution.source_line(file, line)}
-            site = self.sites[where] = _Site(location, module)
+            site = self.sites[chain] = _Site(location, self.lines.setdefault(chain[0], _Line()), module)
         site.forwards += 1
         site.eval = site.eval and not module.training
-        forward = _Forward(session.ledger.step, site)
-        for node in nodes:
-            marker = Marker(forward)
-            node.metadata[MARKER_KEY] = marker
-            forward.refs.append(weakref.ref(marker, functools.partial(self._freed, forward)))
-            node.register_prehook(forward.reached)
-        forward.markers = len(nodes)
-        self.alive[id(forward)] = forward
-        self.alive_by_step[forward.step] = self.alive_by_step.get(forward.step, 0) + 1
+        forward = self._mark(nodes, _Forward(_step(session), site), hook=True)
         site.pending.append(forward)
-        if site.saved_bytes is None:  # once per call site: what one of its graphs holds
+        if site.saved_bytes is None:  # once per call: what one of its graphs holds
             site.saved_bytes = attribution.walk_graph(nodes, budget=20_000).saved_bytes
         if site.event is not None:
             site.event["forwards"] = site.forwards
         self._check_forward_clock(site)
+
+    def backward_start(self, session: Any, tensors: Any) -> None:
+        """Before a backward pass: mark its roots (a loss kept after backward keeps them)."""
+        nodes = _output_nodes(tuple(tensors))
+        if nodes:
+            self._mark(nodes, _Forward(_step(session), None, backward=True), hook=False)
+
+    def module_end(self, session: Any, module: torch.nn.Module, output: Any) -> None:
+        """An inner module's forward returned, on a sampled step: mark its output."""
+        if torch.is_grad_enabled():
+            nodes = _output_nodes(output)
+            if nodes:
+                self._mark(nodes, _Forward(_step(session), None), hook=True)
+
+    def _mark(self, nodes: list[Any], forward: _Forward, hook: bool) -> _Forward:
+        for node in nodes:
+            marker = Marker(forward)
+            node.metadata[MARKER_KEY] = marker
+            forward.refs.append(weakref.ref(marker, functools.partial(self._freed, forward)))
+            if hook:
+                node.register_prehook(forward.reached)
+        forward.markers = len(nodes)
+        self.alive[id(forward)] = forward
+        self.alive_by_step[forward.step] = self.alive_by_step.get(forward.step, 0) + 1
+        return forward
 
     def step_end(self, session: Any, step: Any) -> None:
         try:
@@ -194,10 +235,11 @@ class GraphProbe:
                 self.alive_by_step[forward.step] = left
             else:
                 self.alive_by_step.pop(forward.step, None)
-            if not forward.backward and self.active:
-                _discard(forward.site.pending, forward)
-                forward.site.unused += 1
-                self._publish_site(forward.site)
+            site = forward.site
+            if site is not None and not forward.backward and self.active:
+                _discard(site.pending, forward)
+                site.unused += 1
+                self._publish_site(site)
         except Exception:  # called by the garbage collector anywhere: never raise
             pass
 
@@ -206,7 +248,7 @@ class GraphProbe:
             site.event = attribution.new_event(self.session.timeline, "unused-graph", location=site.location,
                                                module=site.module)
         site.event.update(eval=site.eval, forwards=site.forwards, backwards=site.backwards, unused=site.unused,
-                          saved_bytes=site.saved_bytes or 0)
+                          line_backwards=site.line.backwards - site.backwards, saved_bytes=site.saved_bytes or 0)
 
     # -- retained graphs -----------------------------------------------------------------------
     def _old_steps(self, index: int) -> int:
@@ -276,11 +318,15 @@ class GraphProbe:
         stats = attribution.walk_graph([t for t in tensors if t.grad_fn is not None],
                                        budget=attribution.NODE_BUDGET // 4)
         forwards = [m.forward for m in stats.markers if isinstance(m, Marker)] if holder is not None else old_forwards
-        held = len({f.step if clock == "step" else id(f) for f in forwards}) or len(old_forwards)
+        # Forward clock: root forwards only (the inner outputs marked are part of their graphs).
+        held = len({f.step if clock == "step" else id(f) for f in forwards if clock == "step" or f.site}) \
+            or len(old_forwards)
         backward = any(f.backward for f in forwards)
-        own = sum({id(t.untyped_storage()): t.untyped_storage().nbytes() for t in tensors}.values())
-        kept = own + (stats.nodes * NODE_BYTES if backward else stats.saved_bytes)
-        sites = [f.site.location for f in forwards]
+        own = sum({attribution.storage_id(t): t.untyped_storage().nbytes() for t in tensors}.values())
+        # Saved tensors a backward freed are gone from the walk; with retain_graph=True they are
+        # still there, on top of the nodes.
+        kept = own + stats.saved_bytes + (stats.nodes * NODE_BYTES if backward else 0)
+        sites = [f.site.location for f in forwards if f.site is not None]
         name = holder.name if holder is not None else None
         unnamed = self.holders.get((None, clock)) if name is not None else None
         if unnamed is not None:  # named at last: the anonymous report is superseded
@@ -313,22 +359,31 @@ class GraphProbe:
             event["bytes"] = kept
 
 
-def _output_nodes(output: Any) -> list[Any]:
+def _output_nodes(output: Any, root: bool = False) -> list[Any]:
     """The distinct, not yet marked `grad_fn`s of a forward's output tensors (also in tuples,
-    lists and dicts such as a Hugging Face ModelOutput)."""
+    lists and dicts such as a Hugging Face ModelOutput). A root forward takes over the nodes its
+    last inner module marked: its marker carries the call site."""
     nodes: list[Any] = []
     stack = [output]
     while stack and len(nodes) < MAX_OUTPUTS:
         item = stack.pop()
         if isinstance(item, torch.Tensor):
             node = item.grad_fn
-            if node is not None and all(node is not n for n in nodes) and MARKER_KEY not in node.metadata:
-                nodes.append(node)
+            if node is not None and all(node is not n for n in nodes):
+                marker = node.metadata.get(MARKER_KEY)
+                if marker is None or root and marker.forward.site is None and not marker.forward.backward:
+                    nodes.append(node)
         elif isinstance(item, (list, tuple)):
             stack.extend(reversed(item[:MAX_OUTPUTS]))
         elif isinstance(item, dict):
             stack.extend(reversed(list(item.values())[:MAX_OUTPUTS]))
     return nodes
+
+
+def _step(session: Any) -> int:
+    """The open step's index (before the session has `step_index`: the ledger's)."""
+    index = getattr(session, "step_index", None)
+    return session.ledger.step if index is None else index
 
 
 def _discard(pending: list[_Forward], forward: _Forward) -> None:

@@ -59,7 +59,7 @@ class GrowthProbe:
         self._site_points: dict[tuple, list[list[int]]] = {}
         self._attributions = 0
         self._next_attribution = 0
-        self._holder: tuple[Any, tuple] | None = None  # (frame code, access path) of the holder
+        self._holder: tuple[Any, tuple] | None = None  # the holder's locator (attribution.resolve)
         self._measured_at = -1
         self._measure_every = 1
         self._ends: deque[int] = deque(maxlen=RISING + 1)
@@ -179,7 +179,7 @@ class GrowthProbe:
         scalar = all(t.numel() == 1 for t in holder.tensors)
         method = ".item()" if scalar else (".cpu()" if self.session.device.type != "cpu" else None)
         attach = attribution.attach_statement(holder, method or ".detach()")
-        self._holder = (holder.frame.f_code, holder.steps)
+        self._holder = holder.locator
         self.event.update(holder=holder.name, allocation=_site_dict(site) if site else None)
         if attach is not None:
             self.event.update(location={"file": attach.file, "line": attach.line, "function": attach.function,
@@ -213,7 +213,7 @@ class GrowthProbe:
     def _holder_sizes(self) -> dict[tuple, tuple[Any, int]]:
         kind = self.session.device.type
         holders = attribution.find_holders(attribution.user_frames(), lambda t: t.device.type == kind)
-        return {(id(h.frame.f_code), h.steps): (h, attribution.held_bytes(h.value)[0]) for h in holders}
+        return {h.locator: (h, attribution.held_bytes(h.value)[0]) for h in holders}
 
     def _measure(self, index: int) -> None:
         """The holder's exact bytes now, found again from the stack."""
@@ -221,8 +221,7 @@ class GrowthProbe:
         if series and series[-1][0] == index:
             return
         self._measured_at = index
-        code, steps = self._holder
-        value = attribution.resolve(code, steps)
+        value = attribution.resolve(self._holder)
         if value is None:
             return
         nbytes, count = attribution.held_bytes(value)
