@@ -239,3 +239,23 @@ def test_real_processes_give_one_line_and_exit_2(tmp_path):
         assert result.returncode == 2 and result.stdout == "", result.stderr
         assert re.fullmatch(r"oomdoctor: error: [^\n]+\n", result.stderr), result.stderr
     assert not (tmp_path / "out.html").exists()
+
+
+def test_what_oomdoctor_writes_loads_back_unchanged(tmp_path):
+    # GIVEN the report of a real (CPU) run with a retained graph, under the strict loader
+    import torch
+
+    import oomdoctor
+
+    model = torch.nn.Linear(32, 32)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    losses = []
+    with oomdoctor.track(quiet=True, json=str(tmp_path / "r.json")) as session:
+        for _ in range(6):
+            loss = model(torch.randn(8, 32)).pow(2).mean()
+            losses.append(loss)  # keeps every graph
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    # THEN the saved JSON passes every check and is the same report
+    assert load_json(tmp_path / "r.json") == Report.from_dict(session.report().to_dict())

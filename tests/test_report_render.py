@@ -66,7 +66,7 @@ def test_the_report_fits_the_width_and_cuts_nothing(monkeypatch, columns):
     # THEN no line is longer than the terminal, and the frames use its whole width
     assert max(cell_len(line) for line in lines) == columns, [line for line in lines if cell_len(line) > columns]
     # AND the whole title, fix and fixed code are there (wrapped, not cut with "…")
-    for whole in (TITLE, FIX, AFTER, "train.py --data data/[a-z]*.pt [/] --tag [bold red]x[/]"):
+    for whole in (TITLE, FIX, AFTER, "train.py --data 'data/[a-z]*.pt' '[/]' --tag '[bold red]x[/]'"):
         assert _unboxed(whole) in _unboxed(text), whole
     assert "…" not in text
 

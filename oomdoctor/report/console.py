@@ -7,6 +7,7 @@ line, evidence and fix.
 from __future__ import annotations
 
 import os
+import shlex
 import sys
 from typing import IO
 
@@ -17,6 +18,7 @@ from rich.syntax import Syntax
 from rich.table import Table
 from rich.text import Text
 
+from ..distributed.merge import job_total
 from ..sizes import format_bytes
 from .model import CATEGORIES, Finding, Report, Step
 from .text import CODE, ITEMS, TEXT, TITLE, clean, more
@@ -83,7 +85,7 @@ def _header(report: Report) -> Panel:
     grid.add_column(no_wrap=True)
     grid.add_column()
     if report.command:
-        grid.add_row(Text("command"), Text(clean(" ".join(report.command), TEXT), style="bold"))
+        grid.add_row(Text("command"), Text(clean(shlex.join(map(str, report.command)), TEXT), style="bold"))
     grid.add_row(Text("device"), Text(f"{clean(d.type, TITLE)}: {clean(d.name, TITLE)}, capacity {capacity}"))
     grid.add_row(Text("measured"), Text(clean(_ACCOUNTING.get(report.accounting, report.accounting), TITLE)))
     peak_at = f" at step {report.peak_step}" if report.peak_step is not None else ""
@@ -101,6 +103,10 @@ def _header(report: Report) -> Panel:
             f"{len(report.ranks)}, timeline of rank {heaviest.rank} (highest peak): "
             + ", ".join(f"rank {r.rank} {format_bytes(r.peak_bytes)}" for r in report.ranks[:ITEMS])
             + (" …" if len(report.ranks) > ITEMS else "")))
+        job = job_total(report.ranks)  # under FSDP/ZeRO a rank holds shards: the whole model is here
+        parts = [f"{c.replace('_', ' ')} {format_bytes(n)}" for c, n in job["peak_by_category"].items() if n]
+        grid.add_row(Text("job"), Text(f"{format_bytes(job['peak_bytes'])}, the sum of the ranks' peaks"
+                                       + (": " + ", ".join(parts) if parts else "")))
     if report.exit.exception:
         grid.add_row(Text("ended"), Text(clean(report.exit.exception, 1000), style="red"))
     return Panel(grid, title=Text("oomdoctor"), title_align="left")
