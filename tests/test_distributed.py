@@ -2,6 +2,7 @@
 rank 0 telling a slow rank from a dead one through the job's store."""
 from __future__ import annotations
 
+import io
 import json
 import textwrap
 import threading
@@ -13,6 +14,7 @@ from conftest import run_cli
 from oomdoctor.distributed import merge
 from oomdoctor.distributed.gather import gather, publish
 from oomdoctor.distributed.store import Heartbeat, connect
+from oomdoctor.report.console import print_report
 from oomdoctor.report.model import Device, Finding, Report
 
 DDP_SCRIPT = textwrap.dedent("""
@@ -73,6 +75,9 @@ def test_merged_report_holds_the_jobs_total_beside_the_ranks():
     assert merged.aggregates["job"]["peak_bytes"] == 500
     assert merged.aggregates["job"]["ranks"] == 3 and merged.aggregates["job"]["reported"] == 2
     assert merged.notes == ["oomdoctor: warning: no report from rank 2: it stopped"]
+    out = io.StringIO()
+    print_report(merged, file=out)
+    assert "job       500 B, the sum of the ranks' peaks" in out.getvalue()
 
 
 @pytest.fixture
