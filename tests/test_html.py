@@ -300,3 +300,13 @@ def test_browser_runs_no_injected_script(tmp_path):
         title = re.search(r"<title>(.*?)</title>", result.stdout, re.S).group(1)
         assert "pwned" not in title.replace("&quot;pwned&quot;", "")
         assert not title.startswith("pwned")
+
+
+def test_estimated_peaks_are_pale_and_explained_in_the_legend():
+    steps = _steps(range(6))
+    for step in steps[1::2]:
+        step.exact = False
+    html = render_html(_report(steps))
+    assert html.count('class="step estimated"') + html.count('class="step peak estimated"') == 3
+    assert "pale: estimated peak" in html and html.count("peak ≈ ") == 3
+    assert "estimated peak" not in render_html(_report())

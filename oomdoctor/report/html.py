@@ -296,6 +296,7 @@ font-size:12.5px;color:#6b5a1e}
 svg.timeline{width:100%;height:auto;display:block;font-family:inherit}
 svg text{font-size:11.5px;fill:var(--dim)}
 .axis line{stroke:#9aa3ad}.axis .grid{stroke:var(--line)}.axis .title{font-size:12px}
+.step.estimated rect:not(.hit){opacity:.5}.sw.est{background:#59a14f;opacity:.5}
 .step .hit{fill:transparent}.step:hover .hit{fill:#eef2f7}
 .peak-mark{fill:var(--err)}.peak-label{fill:var(--err);font-weight:600}
 polyline.end{fill:none;stroke:#1d232a;stroke-width:1.8;stroke-linejoin:round}circle.end{fill:#1d232a}

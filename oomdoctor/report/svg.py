@@ -44,7 +44,7 @@ def label(nbytes: int | float) -> str:
 
 
 def legend(report: Report) -> str:
-    """HTML legend for the chart: categories, the two lines, the capacity line."""
+    """HTML legend for the chart: categories, the two lines, the capacity line, estimated bars."""
     items = [_swatch(COLORS[c], c.replace("_", " ")) for c in STACK]
     if any(_unattributed(s) for s in report.steps):
         items.append(_swatch(COLORS["unattributed"], "unattributed"))
@@ -52,6 +52,9 @@ def legend(report: Report) -> str:
     items.append('<span class="key"><i class="line end"></i>end of step</span>')
     if report.device.capacity_bytes:
         items.append('<span class="key"><i class="line cap"></i>capacity</span>')
+    if any(not s.exact for s in report.steps):
+        items.append('<span class="key"><i class="sw est"></i>pale: estimated peak (step not watched op by op; '
+                     '<code>--exact</code> watches every op)</span>')
     return '<div class="legend">' + "".join(items) + "</div>"
 
 
@@ -149,7 +152,7 @@ def _bar(step: Step, x: float, width: float, unit: float, y, peak_step: int | No
            f"start {format_bytes(step.start_bytes)} · end {format_bytes(step.end_bytes)} · "
            f"{step.duration_s * 1000:.1f} ms"]
     tip += [f"{c.replace('_', ' ')}: {format_bytes(v)}" for c, v in segments if v]
-    cls = "step peak" if step.index == peak_step else "step"
+    cls = "step" + (" peak" if step.index == peak_step else "") + ("" if step.exact else " estimated")
     out = [f'<g class="{cls}" data-index="{_e(step.index)}"><title>{_e(chr(10).join(tip))}</title>',
            f'<rect class="hit" x="{x - unit / 2:.2f}" y="{TOP}" width="{unit:.2f}" '
            f'height="{HEIGHT - TOP - BOTTOM}"/>']
