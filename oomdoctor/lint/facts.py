@@ -12,7 +12,8 @@ import textwrap
 from pathlib import Path
 
 from .syntax import (FUNCTIONS, LOSS_NAME, MODULE_MARKERS, MODULE_MOVES, MODULE_WRAPPERS, SHRINKS, TRAIN_CALL,
-                     grad_effect, holder, is_backward_call, key, name, pairs, reachable, reset_keys, target_keys, walk)
+                     first_arg, grad_effect, holder, is_backward_call, is_false, key, name, pairs, reachable,
+                     reset_keys, target_keys, walk)
 
 
 class FileFacts:
@@ -44,6 +45,7 @@ class FileFacts:
         self.does_backward = self._does_backward()
         self.no_grad_functions = self._no_grad_functions()
         self.shrunk = self._shrunk()
+        self.frozen = self._frozen()
         self.returns_graph: set[str] = set()
         self._step_loops: dict[int, bool] = {}
         self._resets: dict[int, set[str]] = {}
@@ -159,6 +161,21 @@ class FileFacts:
                     elif isinstance(value, ast.Call) and any(k.arg == "maxlen" for k in value.keywords):
                         out.add(h or "")  # deque(maxlen=...)
         return out
+
+    def _frozen(self) -> set[str]:
+        """Modules whose parameters are frozen (`m.requires_grad_(False)`, or `p.requires_grad = False`
+        for each `p` in `m.parameters()`): their forward records no graph of its own."""
+        out: set[str] = set()
+        for node in self.nodes:
+            if isinstance(node, ast.Call) and name(node.func) == "requires_grad_" and is_false(first_arg(node)):
+                out.add(key(node.func.value) or "")
+            elif isinstance(node, (ast.For, ast.AsyncFor)) and isinstance(node.iter, ast.Call) and \
+                    name(node.iter.func) in ("parameters", "named_parameters") and any(
+                        isinstance(n, ast.Assign) and is_false(n.value) and
+                        any(isinstance(t, ast.Attribute) and t.attr == "requires_grad" for t in n.targets)
+                        for n in walk(node.body)):
+                out.add(key(node.iter.func.value) if isinstance(node.iter.func, ast.Attribute) else "")
+        return out - {"", None}
 
     def is_step_loop(self, loop: ast.AST) -> bool:
         """A loop whose iterations are training steps: it back-propagates or steps an optimizer."""

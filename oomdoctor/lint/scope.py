@@ -27,6 +27,8 @@ class Loop:
     node: ast.AST
     step: bool  # its iterations are training steps
     evaluating: bool  # started in an evaluation context (model.eval(), an evaluate() function)
+    bounded: bool = False  # over a count or over layers, not over data: what it keeps is bounded by the code
+    unguarded: bool = False  # an evaluation loop in which a forward runs with gradients on
 
 
 class Scope(Values):
@@ -59,20 +61,25 @@ class Scope(Values):
         self.env = Env()  # key -> carries a graph, at this point of the walk
         self.scalars = set()  # keys holding a loss-like scalar
         self.loops: list[Loop] = []  # enclosing loops, innermost last
+        self.path: list[tuple[list, int, ast.AST | None]] = []  # enclosing blocks: (body, index, its loop)
         self.conditional = 0  # how many `if`s deep inside the innermost loop
         self.findings: dict[tuple[str, int], LintFinding] = {}
         self.rules = [rule(self) for rule in RULES]
         self.returns_graph = False
         self.block(self.node.body)
+        for rule in self.rules:
+            rule.finish()
 
     def report(self, finding: LintFinding) -> None:
         self.findings.setdefault((finding.kind, finding.line), finding)
 
     # -- statements ------------------------------------------------------------------------------
 
-    def block(self, stmts) -> None:
-        for stmt in stmts:
+    def block(self, stmts, loop: ast.AST | None = None) -> None:
+        for index, stmt in enumerate(stmts):
+            self.path.append((stmts, index, loop))
             self.stmt(stmt)
+            self.path.pop()
 
     def stmt(self, s: ast.stmt) -> None:
         if isinstance(s, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
@@ -104,12 +111,12 @@ class Scope(Values):
     def loop(self, s) -> None:
         self.scan(s.iter if isinstance(s, (ast.For, ast.AsyncFor)) else s.test)
         self.env.push()
-        self.loops.append(Loop(s, self.facts.is_step_loop(s), self.eval_named or self.eval_mode))
+        self.loops.append(Loop(s, self.facts.is_step_loop(s), self.eval_named or self.eval_mode, _bounded(s)))
         outer_conditional, self.conditional = self.conditional, 0
         for _ in range(2 if len(self.loops) < 4 else 1):  # twice: the next iteration sees what this one left
             if isinstance(s, (ast.For, ast.AsyncFor)):
                 self.bind(s.target, self.taint(s.iter), s.iter)
-            self.block(s.body)
+            self.block(s.body, loop=s)
         self.conditional = outer_conditional
         self.loops.pop()
         self.env.join([self.env.pop()], fallthrough=True)
@@ -168,6 +175,8 @@ class Scope(Values):
         if func.attr == "set_grad_enabled" and key(func.value) in ("torch", "torch.autograd"):
             effect = grad_effect(call)
             self.grad = self.grad if effect is KEEP else effect
+        if func.attr == "detach_" and holder(func.value):  # `hidden[0].detach_()` cuts the graph in place
+            self.env[holder(func.value)] = False
         if func.attr not in APPENDS or not call.args:
             return
         value = call.args[-1] if func.attr == "insert" else call.args[0]
@@ -203,24 +212,51 @@ class Scope(Values):
             elif isinstance(n.func, ast.Attribute) and n.func.attr == "train":
                 self.eval_mode = is_false(first_arg(n))
             elif self.grad is True and self.is_forward(n):
+                loop = self.evaluation_loop()
+                if loop is not None:
+                    loop.unguarded = True
                 for rule in self.rules:
                     rule.forward(n)
+
+    def evaluation_loop(self) -> Loop | None:
+        """The outermost enclosing loop that evaluates: started in an evaluation context, and neither
+        back-propagates nor steps."""
+        return next((lp for lp in self.loops if lp.evaluating and not lp.step), None)
 
     # -- where a holder lives --------------------------------------------------------------------
 
     def outlives_step(self, held: str, steps_only: bool = False) -> bool:
         """Does `held`, stored into here, accumulate across training steps (or evaluation batches)?"""
+        return self.kept_by(held, steps_only) is not None
+
+    def kept_by(self, held: str, steps_only: bool = False) -> Loop | str | None:
+        """What makes `held`, stored into here, outlive a step: the loop across whose iterations it
+        accumulates (a training loop, or an evaluation loop unless `steps_only`), "call" when it
+        outlives a function that runs once per step, None when it is bounded."""
         for loop in reversed(self.loops):
             if self.facts.resets(loop.node, held):
-                return False  # emptied every iteration of this loop: bounded by one iteration
+                return None  # emptied every iteration of this loop: bounded by one iteration
             if loop.step or (loop.evaluating and not steps_only):
-                return True
+                return loop
         if not isinstance(self.node, FUNCTIONS) or self.facts.resets(self.node, held):
-            return False
+            return None
         root = held.split(".")[0]
         # On `self` or in a global it outlives the call, and the function runs once per step.
-        return (root in ("self", "cls") and root in self.params and "." in held) or \
-               (root not in self.assigned and root not in self.params)
+        outlives_call = (root in ("self", "cls") and root in self.params and "." in held) or \
+                        (root not in self.assigned and root not in self.params)
+        return "call" if outlives_call else None
+
+
+def _bounded(loop: ast.AST) -> bool:
+    """A loop over `range(...)`, over a literal list, or over layers (`for layer in self.layers:
+    h = layer(h)`): its length is set by the code, not by the data."""
+    if not isinstance(loop, (ast.For, ast.AsyncFor)):
+        return False
+    it = loop.iter
+    if isinstance(it, (ast.List, ast.Tuple)) or isinstance(it, ast.Call) and key(it.func) == "range":
+        return True
+    targets = set(target_keys(loop.target))
+    return any(isinstance(n, ast.Call) and key(n.func) in targets for n in walk(loop.body))
 
 
 def _bound_keys(node: ast.AST) -> list[str]:

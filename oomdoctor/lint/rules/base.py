@@ -26,3 +26,6 @@ class Rule:
     def forward(self, call: ast.Call) -> None:
         """A model's forward, called while gradients are certainly on."""
 
+    def finish(self) -> None:
+        """The walk of the function is over: report what waited for the whole picture."""
+
