@@ -156,3 +156,29 @@ def test_report_renders_on_stdout_and_a_closed_pipe_is_quiet(tmp_path):
     timing = subprocess.run([sys.executable, "-X", "importtime", "-m", "oomdoctor", "report", "r.json", "--quiet"],
                             cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
     assert timing.returncode == 0 and not re.search(r"\|\s+torch$", timing.stderr, re.M)
+
+
+def test_a_real_run_reads_whole_at_80_100_and_160_columns(tmp_path):
+    # GIVEN a recipe with a retained graph, run for real in an 80-column terminal
+    recipe = REPO / "recipes" / "retained_graph_history.py"
+    env = {**os.environ, "PYTHONPATH": str(REPO), "COLUMNS": "80"}
+    run = subprocess.run([sys.executable, "-m", "oomdoctor", "run", "--json", "r.json", str(recipe)], cwd=tmp_path,
+                         env=env, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    saved = json.loads((tmp_path / "r.json").read_text())
+    titles = [f["title"] for f in saved["findings"]] + [f["remedy"] for f in saved["findings"]]
+    assert titles
+    outputs = {80: run.stderr}
+    for columns in (100, 160):  # the same report again, by `oomdoctor report`, in-process
+        os.environ["COLUMNS"] = str(columns)
+        try:
+            code, outputs[columns], _ = report_cli("report", str(tmp_path / "r.json"))
+        finally:
+            os.environ["COLUMNS"] = "100"
+        assert code == 0
+    for columns, text in outputs.items():
+        # THEN no line is wider than the terminal and every title and fix is there in full
+        report_lines = text[text.index("╭─ oomdoctor"):].splitlines()
+        assert max(cell_len(line) for line in report_lines) <= columns
+        for whole in titles:
+            assert _unboxed(whole) in _unboxed(text), (columns, whole)
