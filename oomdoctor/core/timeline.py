@@ -27,6 +27,8 @@ class Timeline:
     peak_bytes: int = 0
     peak_step: int | None = None
     peak_by_category: dict[str, int] = field(default_factory=dict)
+    peak_where: str | None = None  # where a peak outside any step happened ("after step 39")
+    peak_estimated: bool = False  # the peak is an estimate (a step the per-op view skipped)
     series: list[tuple[int, int]] = field(default_factory=list)  # (step index, end bytes), thinned
     stride: int = 1
     events: list[dict[str, Any]] = field(default_factory=list)
@@ -47,11 +49,14 @@ class Timeline:
                 self.stride *= 2
                 self.series = [p for p in self.series if p[0] % self.stride == 0]
 
-    def note_peak(self, nbytes: int, by_category: dict[str, int], step: int | None) -> None:
+    def note_peak(self, nbytes: int, by_category: dict[str, int], step: int | None,
+                  where: str | None = None, estimated: bool = False) -> None:
         if nbytes > self.peak_bytes:
             self.peak_bytes = nbytes
             self.peak_step = step
             self.peak_by_category = dict(by_category)
+            self.peak_where = where
+            self.peak_estimated = estimated
 
     def steps(self) -> list[Step]:
         """The steps kept: the first ones, then the latest ones (indices may jump between)."""

@@ -1,0 +1,102 @@
+"""From what a session recorded to the plain-data `Report` the renderers draw."""
+from __future__ import annotations
+
+import platform
+import time
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from ..probes import cuda
+from ..report.model import CATEGORIES, Device, ExitInfo, Report
+
+if TYPE_CHECKING:
+    from ..session import Session
+
+
+def build_report(session: "Session", exit_code: int | None) -> Report:
+    from ..diagnosis.confirm import confirm_with_lint
+    from ..diagnosis.detectors import run_detectors
+
+    t = session.timeline
+    findings, notes = run_detectors(t)
+    findings = confirm_with_lint(findings)
+    exception = t.exception
+    return Report(
+        device=device_info(session),
+        steps=t.steps(),
+        steps_total=t.steps_total,
+        peak_bytes=t.peak_bytes,
+        peak_step=t.peak_step,
+        peak_by_category={k: t.peak_by_category.get(k, 0) for k in CATEGORIES},
+        findings=findings,
+        exit=ExitInfo(
+            code=exit_code if exit_code is not None else (1 if exception else 0),
+            exception=f"{exception['type']}: {exception['message']}" if exception else None,
+        ),
+        accounting=accounting(session),
+        command=session.command,
+        duration_s=round(time.perf_counter() - session.started_at, 3),
+        aggregates=_aggregates(session),
+        notes=session.notes + _run_notes(session) + notes,
+    )
+
+
+def accounting(session: "Session") -> str:
+    if session.on_cuda:
+        return "cuda-allocator"
+    return "ledger" if session.exact else "ledger-sampled"
+
+
+def device_info(session: "Session") -> Device:
+    if session.on_cuda:
+        props = torch.cuda.get_device_properties(session.device)
+        capacity = session.capacity or props.total_memory
+        return Device("cuda", props.name, capacity, session.simulated, session.device.index)
+    name = platform.processor() or platform.machine() or "cpu"
+    return Device(session.device.type, name, session.capacity, session.simulated, None)
+
+
+def _aggregates(session: "Session") -> dict[str, Any]:
+    t = session.timeline
+    aggregates: dict[str, Any] = {"steps_total": t.steps_total}
+    if session.on_cuda:
+        view, note = cuda.device_view(session.device, session.meter.reserved_peak)
+        if note and note not in session.notes:
+            session.notes.append(note)
+        aggregates.update(view)
+    if session.recorder is not None:
+        aggregates["predicted_cuda_reserved_peak_bytes"] = session.recorder.predicted_reserved_peak
+    if t.batch_size:
+        aggregates["batch_size"] = t.batch_size
+    if t.peak_where:
+        aggregates["peak_where"] = t.peak_where
+    return aggregates
+
+
+def _run_notes(session: "Session") -> list[str]:
+    """What the numbers cannot show by themselves: where the peak was, what was not watched."""
+    t = session.timeline
+    notes = []
+    if t.peak_where and t.peak_step is None:
+        notes.append(f"The peak ({_mib(t.peak_bytes)}) happened {t.peak_where}, not inside a step.")
+    if t.peak_estimated:
+        notes.append("`~` marks an estimated peak: on steps the per-op view did not watch, the peak "
+                     "between two readings is the highest reading plus the headroom of the last "
+                     "watched step (--exact measures every step).")
+    threads = session.hooks.other_threads
+    if threads:
+        names = ", ".join(sorted(threads)[:4])
+        if t.steps_total == 0:
+            notes.append(f"Training ran in other threads ({names}), which oomdoctor does not watch: "
+                         "start the session in the thread that trains (`oomdoctor.track()` there).")
+        else:
+            notes.append(f"Work in other threads ({names}) was not watched: steps are those of the "
+                         "thread that started the session.")
+    return notes
+
+
+def _mib(n: int) -> str:
+    from ..sizes import format_bytes
+
+    return format_bytes(n)

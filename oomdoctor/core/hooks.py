@@ -1,0 +1,234 @@
+"""Every hook a session puts into PyTorch, installed and removed in one place.
+
+The cost rule: on a step that is not sampled, oomdoctor does a constant amount of Python work per
+step and per top-level forward, never per op, per saved tensor or per module call:
+- always on: the global optimizer step hooks (per `optimizer.step()`), a wrapper around
+  `torch.autograd.backward` (per backward pass), and forward hooks on the root modules found so far
+  (per top-level forward);
+- on sampled steps only (`per_op(True)`): the ledger's dispatch mode (every op) and the global
+  module forward hooks (every module call), which find the root modules and show inner ones.
+The same set on every device: sampling decides, not the device.
+
+The dispatch mode declares `ignore_compile_internals`, so `torch.compile` traces as if it were
+not there and the compiled code's own allocations are still seen at run time. No saved-tensor
+hooks: `torch.func` transforms refuse to run under them.
+
+Hooks act on the thread that started the session only; what other threads do is counted and
+reported as not watched.
+"""
+from __future__ import annotations
+
+import threading
+from typing import Any, Callable, Protocol
+
+import torch
+
+from ..probes.ledger import Ledger, LedgerMode
+
+
+class StepLimitReached(BaseException):
+    """Raised at a step boundary once `stop_after_steps` steps ran (`oomdoctor run --steps`).
+
+    A BaseException so that the user's `except Exception` blocks let it through.
+    """
+
+
+class Listener(Protocol):
+    """What the hooks report to (the session)."""
+
+    def forward_start(self, module: torch.nn.Module, args: Any) -> None: ...
+    def forward_end(self, module: torch.nn.Module, output: Any) -> None: ...
+    def module_end(self, module: torch.nn.Module, output: Any) -> None: ...
+    def optimizer_pre(self, optimizer: torch.optim.Optimizer) -> None: ...
+    def optimizer_post(self, optimizer: torch.optim.Optimizer) -> None: ...
+    def backward_start(self, tensors: tuple) -> None: ...
+    def backward_end(self) -> None: ...
+    def warn(self, message: str) -> None: ...
+
+
+class HookSet:
+    def __init__(self, listener: Listener, ledger: Ledger, category_now: Callable[[], str]):
+        self.listener = listener
+        self.ledger = ledger
+        self.category_now = category_now
+        self.thread = threading.get_ident()
+        self.callbacks = 0  # calls into oomdoctor from PyTorch: the cost that scales
+        self.other_threads: dict[str, int] = {}  # what ran in threads that are not watched
+        self.depth = 0  # module call depth on our thread
+        self._handles: list[Any] = []
+        self._global_handles: list[Any] = []
+        self._roots: dict[int, tuple[Any, Any]] = {}  # id(root module) -> its two hook handles
+        self._undo: list[Callable[[], None]] = []
+        self._mode: LedgerMode | None = None
+
+    # -- install and remove --------------------------------------------------------------------
+    def install(self) -> None:
+        from torch.optim.optimizer import register_optimizer_step_post_hook, register_optimizer_step_pre_hook
+
+        listener = self.listener
+        self._handles.append(register_optimizer_step_pre_hook(
+            self._guarded(lambda opt, args, kwargs: listener.optimizer_pre(opt), "optimizer step")))
+        self._handles.append(register_optimizer_step_post_hook(
+            self._guarded(lambda opt, args, kwargs: listener.optimizer_post(opt), "optimizer step")))
+        self._wrap_backward()
+
+    def remove(self) -> None:
+        self.per_op(False, force=True)
+        for handle in self._handles + self._global_handles:
+            handle.remove()
+        for pre, post in self._roots.values():
+            pre.remove()
+            post.remove()
+        self._handles.clear()
+        self._global_handles.clear()
+        self._roots.clear()
+        for undo in reversed(self._undo):
+            try:
+                undo()
+            except Exception as exc:
+                self.listener.warn(f"could not remove a hook ({exc!r})")
+        self._undo.clear()
+
+    def on_remove(self, undo: Callable[[], None]) -> None:
+        self._undo.append(undo)
+
+    def _wrap_backward(self) -> None:
+        original = torch.autograd.backward
+        hooks = self
+
+        def backward(tensors: Any, *args: Any, **kwargs: Any) -> Any:
+            if not hooks._ours():
+                return original(tensors, *args, **kwargs)
+            hooks.callbacks += 1
+            roots = (tensors,) if isinstance(tensors, torch.Tensor) else tuple(tensors)
+            hooks._call(hooks.listener.backward_start, roots)
+            try:
+                return original(tensors, *args, **kwargs)
+            finally:
+                hooks._call(hooks.listener.backward_end)
+
+        backward.__wrapped__ = original  # type: ignore[attr-defined]
+        torch.autograd.backward = backward
+
+        def restore() -> None:
+            if torch.autograd.backward is backward:
+                torch.autograd.backward = original
+
+        self._undo.append(restore)
+
+    # -- the per-op view -----------------------------------------------------------------------
+    @property
+    def sampling(self) -> bool:
+        return self._mode is not None
+
+    def per_op(self, on: bool, force: bool = False) -> None:
+        """Switch the per-op view (dispatch mode, global module hooks) on or off.
+
+        The dispatch mode lives on a per-thread stack: switch only when ours is on top, never
+        inside inference_mode, which restores the thread's whole dispatch key set when it exits.
+        """
+        if not force and torch.is_inference_mode_enabled():
+            return
+        if on and self._mode is None:
+            self._mode = LedgerMode(self.ledger, self.category_now)
+            self._mode.__enter__()
+            self._global_module_hooks(True)
+        elif not on and self._mode is not None:
+            from torch.utils._python_dispatch import _get_current_dispatch_mode
+
+            if not force and _get_current_dispatch_mode() is not self._mode:
+                return  # the user pushed a mode of their own above ours: keep both as they are
+            mode, self._mode = self._mode, None
+            mode.__exit__(None, None, None)
+            self._global_module_hooks(False)
+
+    def _global_module_hooks(self, on: bool) -> None:
+        if not on:
+            for handle in self._global_handles:
+                handle.remove()
+            self._global_handles.clear()
+            return
+        mm = torch.nn.modules.module
+        self._global_handles.append(mm.register_module_forward_pre_hook(self._on_module_pre))
+        try:
+            self._global_handles.append(mm.register_module_forward_hook(self._on_module_post, always_call=True))
+        except TypeError:  # PyTorch < 2.1: no always_call, depth may drift after an exception
+            self._global_handles.append(mm.register_module_forward_hook(self._on_module_post))
+
+    # -- module calls --------------------------------------------------------------------------
+    def _on_module_pre(self, module: torch.nn.Module, args: Any) -> None:
+        """Every module call while sampling: finds root modules and keeps hooks on them."""
+        if not self._ours():
+            return
+        self.callbacks += 1
+        if self.depth == 0:
+            self._adopt_root(module)
+            self._call(self.listener.forward_start, module, args)
+        self.depth += 1
+
+    def _on_module_post(self, module: torch.nn.Module, args: Any, output: Any) -> None:
+        if self.depth == 0 or not self._ours():
+            return
+        self.callbacks += 1
+        self.depth -= 1
+        if self.depth == 0:
+            self._call(self.listener.forward_end, module, output)
+        else:
+            self._call(self.listener.module_end, module, output)
+
+    def _adopt_root(self, module: torch.nn.Module) -> None:
+        if id(module) in self._roots:
+            return
+        pre = module.register_forward_pre_hook(self._on_root_pre)
+        try:
+            post = module.register_forward_hook(self._on_root_post, always_call=True)
+        except TypeError:
+            post = module.register_forward_hook(self._on_root_post)
+        self._roots[id(module)] = (pre, post)
+
+    def _on_root_pre(self, module: torch.nn.Module, args: Any) -> None:
+        """A root module's own hook: the one module call seen on steps that are not sampled."""
+        if self._global_handles or not self._ours():
+            return  # the global hooks see this call
+        self.callbacks += 1
+        if self.depth == 0:
+            self._call(self.listener.forward_start, module, args)
+        self.depth += 1
+
+    def _on_root_post(self, module: torch.nn.Module, args: Any, output: Any) -> None:
+        if self._global_handles or self.depth == 0 or not self._ours():
+            return
+        self.callbacks += 1
+        self.depth -= 1
+        if self.depth == 0:
+            self._call(self.listener.forward_end, module, output)
+
+    # -- guards --------------------------------------------------------------------------------
+    def _ours(self) -> bool:
+        if threading.get_ident() == self.thread:
+            return True
+        # Another thread: not watched (steps belong to the thread that started the session).
+        name = threading.current_thread().name
+        if len(self.other_threads) < 16 or name in self.other_threads:
+            self.other_threads[name] = self.other_threads.get(name, 0) + 1
+        return False
+
+    def _guarded(self, fn: Callable[..., Any], what: str) -> Callable[..., Any]:
+        def hook(*args: Any) -> Any:
+            if not self._ours():
+                return None
+            self.callbacks += 1
+            return self._call(fn, *args)
+
+        return hook
+
+    def _call(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """Our own failure is a warning, never the user's exception. StepLimitReached and the
+        simulated OOM are ours on purpose and go through."""
+        try:
+            return fn(*args)
+        except (StepLimitReached, torch.OutOfMemoryError):
+            raise
+        except Exception as exc:
+            self.listener.warn(f"internal error in {getattr(fn, '__name__', 'a hook')}: {exc!r}")
+            return None
