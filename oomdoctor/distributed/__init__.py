@@ -94,10 +94,12 @@ def finish_rank(report: Report, json_path: str | None, rank: Rank) -> Report | N
 
 
 def _exchange(own: Report, rank: Rank) -> Report | None:
+    where = address()
+    if where is None:
+        raise ConnectionError("MASTER_ADDR/MASTER_PORT are not set: there is no store to reach")
     store = connect(host=rank.rank == 0, timeout=CONNECT_S)
     if store is None:
-        where = "{}:{}".format(*address()) if address() else "no MASTER_ADDR/MASTER_PORT set"
-        raise ConnectionError(f"nothing listens at {where}")
+        raise ConnectionError(f"nothing listens at {where[0]}:{where[1]} after {CONNECT_S:.0f} s")
     if rank.rank != 0:
         publish(store, rank.prefix, rank.rank, own)
         return None

@@ -45,8 +45,8 @@ def gather(store: Any, prefix: str, world_size: int, wait_s: float = WAIT_S,
         # that looks quiet here and is not in `finished` below really stopped before sending.
         now = time.monotonic()
         for r, value in zip(pending, store.multi_get([beat[r] for r in pending])):
-            if value != last[r][0]:
-                last[r] = (value, now)
+            if int(value) != last[r][0]:
+                last[r] = (int(value), now)
         done = {int(r) for r in store.get(finished_key).split()}
         for r in pending:
             if r in done:
@@ -74,8 +74,8 @@ def _read(store: Any, key: str) -> Report:
     return report
 
 
-def _silent(counter: bytes, stale_s: float) -> str:
-    if int(counter or 0) == 0:
-        return ("it gave no sign of life: it died before oomdoctor started in it, "
+def _silent(counter: int, stale_s: float) -> str:
+    if counter == 0:
+        return ("it gave no sign of life in the job's store: it died early, "
                 "or it runs without `-m oomdoctor run`")
     return f"it stopped before sending it (no sign of life for {stale_s:.0f} s): killed, crashed or out of host memory"
