@@ -1,7 +1,8 @@
 """The report as plain data.
 
 A `Report` is what a session produces and what every renderer (console, JSON, HTML) reads. It
-round-trips through JSON (`to_dict` / `from_dict`) so a saved report renders again unchanged.
+round-trips through JSON (`to_dict` / `from_dict`) so a saved report renders again unchanged;
+`from_dict` checks every field against these dataclasses first (`schema.py`).
 The JSON form is the contract `oomdoctor.report/1` of design.md: add fields, never rename them.
 """
 from __future__ import annotations

@@ -123,7 +123,7 @@ def _scalar(tp: type, value: Any, path: str) -> Any:
 def _is_size(path: str) -> bool:
     """Byte counts: `*_bytes`, `bytes`, and the per-category breakdowns."""
     last = path.rsplit(".", 1)[-1].split("[")[0]
-    return last.endswith("bytes") or ".by_category." in path or "peak_by_category." in path or last == "steps_total"
+    return last.endswith("bytes") or last == "steps_total" or "by_category." in path
 
 
 def _plain(value: Any, path: str) -> None:
