@@ -200,3 +200,62 @@ for i, real in enumerate(loader):
     check(loop.format(marker=""))
     check(loop.replace("bce(netD(out), ones).backward()", "print(out.detach())").format(
         marker="  # oomdoctor: missing-no-grad"))
+
+
+# -- shapes from other well-known codebases (YOLOv5, ignite, an image-captioning tutorial) ---------
+
+def test_a_decorator_named_like_inference_mode_turns_gradients_off():
+    check(TRAIN + """
+def smart_inference_mode():
+    return torch.inference_mode()
+
+@smart_inference_mode()
+def run(model, loader):
+    model.eval()
+    loss, stats = 0, []
+    for x, y in loader:
+        out = model(x)
+        loss += criterion(out, y)
+        stats.append(out)
+    return loss, stats
+""")
+
+
+def test_only_the_first_value_of_a_loss_function_is_the_loss():
+    check(TRAIN + """
+mean_items, total_loss = torch.zeros(3), 0
+for i, (x, y) in enumerate(loader):
+    loss, loss_items = compute_loss(model(x), y)
+    loss.backward()
+    optimizer.step()
+    mean_items = (mean_items * i + loss_items) / (i + 1)
+    total_loss += loss  # oomdoctor: retained-graph
+""")
+
+
+def test_a_functional_loss_of_inputs_without_a_graph_has_none():
+    # GIVEN a metric whose inputs were detached by its caller
+    check("""
+import torch
+import torch.nn.functional as F
+
+class KLDivergence:
+    def update(self, output):
+        self._update(output[0].detach(), output[1].detach())
+
+    def _update(self, y_pred, y):
+        y_pred = F.log_softmax(y_pred, dim=1)
+        self._sum_of_kl += F.kl_div(y_pred, F.log_softmax(y, dim=1), log_target=True, reduction="sum")
+""")
+
+
+def test_a_tensor_narrowed_from_itself_is_not_a_new_graph_each_step():
+    check(TRAIN + """
+def evaluate(loader):
+    model.eval()
+    for x, y in loader:
+        out = model(x)  # oomdoctor: missing-no-grad
+        while out.size(0) > 1:
+            keep = out.norm(dim=1) > out.norm(dim=1).mean()
+            out = out[keep]
+""")

@@ -155,7 +155,15 @@ class Scope(Values):
                 for rule in self.rules:
                     rule.rebuilt(s, k, s.value)
         for target in targets:
-            self.bind(target, graph, s.value)
+            if isinstance(target, (ast.Tuple, ast.List)) and target.elts and isinstance(s.value, ast.Call) \
+                    and self.is_loss_call(s.value):
+                # `loss, loss_items = compute_loss(...)`: by convention only the first is the loss to
+                # back-propagate; the rest are detached numbers for the logs.
+                self.bind(target.elts[0], graph, s.value)
+                for rest in target.elts[1:]:
+                    self.bind(rest, False, s.value)
+            else:
+                self.bind(target, graph, s.value)
 
     def aug_assign(self, s: ast.AugAssign) -> None:
         k = holder(s.target)

@@ -142,7 +142,8 @@ def grad_effect(node: ast.AST):
     """What `with node:` or `@node` does to grad mode: False, True, None (decided at run time) or KEEP."""
     call = node if isinstance(node, ast.Call) else None
     called = name(call.func if call else node)
-    if "no_grad" in called or called.startswith("inference"):  # also a stored `inference_context()`
+    # Also a stored `inference_context()` and wrappers such as YOLOv5's `smart_inference_mode()`.
+    if "no_grad" in called or called.startswith("inference") or "inference_mode" in called:
         return KEEP if call and is_false(first_arg(call)) else False  # inference_mode(False) is a no-op
     if called == "enable_grad":
         return True

@@ -84,8 +84,8 @@ class Values:
             return False
         if called in self.facts.returns_graph and (isinstance(func, ast.Name) or key(func.value) == "self"):
             return self.grad is not False
-        if self.is_forward(call) or self.is_loss_call(call):
-            return self.grad is not False
+        if self.is_forward(call) or self.is_loss_call(call) and not _functional(func):
+            return self.grad is not False  # a criterion object: assume what it is given carries a graph
         args = list(call.args) + [k.value for k in call.keywords]
         if isinstance(func, ast.Name) and called in CONTAINER_BUILTINS:
             return any(self.taint(a) for a in args)
@@ -98,8 +98,7 @@ class Values:
         if isinstance(func, ast.Attribute):
             if self.taint(func.value):
                 return True  # a method of a graph tensor: .sum(), .view(), .to(), ...
-            root = (key(func.value) or "").split(".")[0]
-            if root in TORCH_ROOTS or (key(func.value) or "").startswith("nn.functional"):
+            if _functional(func):  # `F.kl_div(p, q)` too: a graph only if an input has one
                 return called not in TORCH_FACTORIES and any(self.taint(a) for a in args)
         return False
 
@@ -139,3 +138,11 @@ class Values:
         if isinstance(node, ast.BinOp):
             return all(self.scalar_like(p) or isinstance(p, ast.Constant) for p in (node.left, node.right))
         return False
+
+
+def _functional(func: ast.AST) -> bool:
+    """`torch.x(...)`, `F.x(...)`, `nn.functional.x(...)`: a torch function of its arguments."""
+    if not isinstance(func, ast.Attribute):
+        return False
+    path = key(func.value) or ""
+    return path.split(".")[0] in TORCH_ROOTS or path.startswith("nn.functional")

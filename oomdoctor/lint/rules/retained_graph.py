@@ -32,6 +32,8 @@ class RetainedGraph(Rule):
         self.pending: list[tuple[Loop, LintFinding]] = []  # waiting to know whether missing-no-grad covers them
 
     def rebuilt(self, stmt: ast.stmt, k: str, value: ast.AST) -> None:
+        if not self.fed_back(value, k) and not self.leaves(value, k):
+            return  # `x = x[idx]`, `x = x.view(...)`: derived from itself alone, no new graph joins it
         self.retained(stmt, k, value, f"`{k}` is rebuilt from itself and a tensor that carries its autograd "
                                       f"graph: each step's graph links to the previous one's")
 
