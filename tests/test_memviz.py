@@ -91,6 +91,7 @@ def test_malformed_snapshots_are_one_line_errors(tmp_path):
     bad = {"events": {"device_traces": [[1, 2]]},
            "size": {"device_traces": [[{"action": "alloc", "addr": 1, "size": "12"}]]},
            "negative": {"device_traces": [[{"action": "alloc", "addr": 1, "size": -5}]]},
+           "huge": {"device_traces": [[{"action": "alloc", "addr": 1, "size": 10**400}]]},
            "segment": {"segments": [{"total_size": "x"}]},
            "traces": {"device_traces": "abc"},
            "frames": {"device_traces": [[{"action": "alloc", "addr": 1, "size": 12, "frames": [3]}]]}}

@@ -144,6 +144,8 @@ def _int(event: dict, key: str, where: str) -> int:
     value = event.get(key, 0)
     if not isinstance(value, int) or isinstance(value, bool):
         raise BadInput(f"{where}.{key} is not an integer but {type(value).__name__}")
+    if not -2**63 <= value < 2**64:  # addresses are unsigned 64-bit; sizes fit well within
+        raise BadInput(f"{where}.{key} is out of range")
     return value
 
 

@@ -243,5 +243,6 @@ def _finding(number: int, finding: Finding) -> Panel:
 
 def _batch(batch: dict) -> Text:
     text = Text("Batch size: ", style="bold")
-    text.append(f"largest that fits {batch.get('max_batch_size')}, recommended {batch.get('recommended_batch_size')}")
+    text.append(f"largest that fits {clean(batch.get('max_batch_size'), 40)}, "
+                f"recommended {clean(batch.get('recommended_batch_size'), 40)}")
     return text

@@ -26,7 +26,10 @@ _CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069\ud
 
 def clean(value: Any, limit: int = TEXT) -> str:
     """`value` as text without control characters, at most `limit` characters plus a marker."""
-    text = str(value)
+    try:
+        text = str(value)
+    except ValueError:  # an int of more digits than Python converts (a crafted file can hold one)
+        text = f"<an integer of {value.bit_length():,} bits>" if isinstance(value, int) else "<unprintable>"
     extra = len(text) - limit
     if extra > 0:
         text = text[:limit]
