@@ -233,7 +233,8 @@ def _finding(number: int, finding: Finding) -> Panel:
             body.append(Padding(Text(clean(remedy.detail), style="dim"), (0, 0, 0, 4)))
         if remedy.before and remedy.after:
             code = f"# before\n{clean(remedy.before, CODE)}\n# after\n{clean(remedy.after, CODE)}"
-            body.append(Syntax(code, "python", theme="ansi_dark", background_color="default", word_wrap=True))
+            body.append(Padding(Syntax(code, "python", theme="ansi_dark", background_color="default", word_wrap=True),
+                                (0, 0, 0, 4)))
     if len(finding.remedies) > REMEDIES:
         body.append(Text(f"  {more(REMEDIES, len(finding.remedies), 'remedies')}", style="dim"))
     stake = f" · {format_bytes(finding.bytes)} at stake" if finding.bytes else ""
