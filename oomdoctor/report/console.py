@@ -1,8 +1,11 @@
 """Terminal renderer (rich): the report a user reads when the run ends.
 
 Order: what ran and where, the peak, the step timeline (sparklines and a table of the notable
-steps), the breakdown at the peak, then the findings ranked by the memory at stake, each with its
-line, evidence and fix.
+steps, with a one-line legend for the table and for `~`), the breakdown at the peak, then the
+findings ranked by the memory at stake, each with its line, evidence and fix.
+Drawn at the terminal's width (`terminal_width`: COLUMNS, else the terminal, else 100 when piped);
+long titles, fixes and code wrap, never cut. Every string of the report is `rich.text.Text`
+(never markup) passed through `text.clean` (no control characters, long text cut with a marker).
 """
 from __future__ import annotations
 
