@@ -259,3 +259,28 @@ def evaluate(loader):
             keep = out.norm(dim=1) > out.norm(dim=1).mean()
             out = out[keep]
 """)
+
+
+def test_a_loss_read_only_by_backward_is_back_propagated():
+    # A loss module built inline (DINO's linear evaluation) is a module call; `.backward()` is its use.
+    check(TRAIN + """
+for x, y in loader:
+    output = model(x)
+    loss = nn.CrossEntropyLoss()(output, y)
+    optimizer.zero_grad()
+    loss.backward()
+    optimizer.step()
+""")
+
+
+def test_logits_kept_on_the_host_still_carry_the_graph():
+    # `.to("cpu")` is differentiable: the copy links to the step's graph (accelerate's fp8 benchmarks).
+    check(TRAIN + """
+kept = []
+for x, y in loader:
+    logits = model(x)
+    kept.append(logits.to("cpu"))  # oomdoctor: retained-graph
+    loss = criterion(logits, y)
+    loss.backward()
+    optimizer.step()
+""")

@@ -95,8 +95,8 @@ class _Reads:
 def _looks_only(name: ast.Name, parent: ast.AST | None) -> bool:
     if isinstance(parent, ast.Compare) and all(isinstance(op, (ast.Is, ast.IsNot)) for op in parent.ops):
         return True  # `out is None`
-    if isinstance(parent, ast.Attribute):
-        return parent.attr in DETACHING or parent.attr in PLAIN_ATTRS
+    if isinstance(parent, ast.Attribute):  # `.backward()` is the one read that uses the graph
+        return parent.attr != "backward" and (parent.attr in DETACHING or parent.attr in PLAIN_ATTRS)
     if isinstance(parent, ast.Call) and isinstance(parent.func, ast.Name) and name in parent.args:
         return parent.func.id in NUMBER_BUILTINS or parent.func.id in VIEWERS
     if isinstance(parent, ast.Call) and isinstance(parent.func, ast.Attribute) and name in parent.args:
