@@ -47,9 +47,7 @@ class FileFacts:
         self.shrunk = self._shrunk()
         self.frozen = self._frozen()
         self.returns_graph: set[str] = set()
-        self._step_loops: dict[int, bool] = {}
-        self._resets: dict[int, set[str]] = {}
-        self._calls: dict[int, list[ast.Call]] = {}
+        self._memo: dict[tuple, object] = {}
 
     def scopes(self, node=None, prefix: tuple[str, ...] = (), cls: ast.ClassDef | None = None) -> list:
         """(node, qualified name, class of a method) for the module and every function in it."""
@@ -179,27 +177,26 @@ class FileFacts:
 
     def is_step_loop(self, loop: ast.AST) -> bool:
         """A loop whose iterations are training steps: it back-propagates or steps an optimizer."""
-        if id(loop) not in self._step_loops:
-            self._step_loops[id(loop)] = any(
-                isinstance(n, ast.Call) and (
-                    is_backward_call(n) or (isinstance(n.func, ast.Attribute) and n.func.attr == "step")
-                    or name(n.func) in self.does_backward or TRAIN_CALL.match(name(n.func)))
-                for n in walk(loop.body))
-        return self._step_loops[id(loop)]
+        return self.memo(("step loop", id(loop)), lambda: any(
+            isinstance(n, ast.Call) and (
+                is_backward_call(n) or (isinstance(n.func, ast.Attribute) and n.func.attr == "step")
+                or name(n.func) in self.does_backward or TRAIN_CALL.match(name(n.func)))
+            for n in walk(loop.body)))
+
+    def memo(self, question: tuple, answer):
+        """`answer()`, computed once per question: every pass of the walk over a loop body, and every
+        round, asks the same questions about the same code; answering each once keeps lint linear."""
+        if question not in self._memo:
+            self._memo[question] = answer()
+        return self._memo[question]
 
     def calls(self, node: ast.AST) -> list[ast.Call]:
-        """The calls in a statement's own expressions, in walk order; the walk asks for them at every
-        pass over a loop body and at every round, so each statement is searched once."""
-        if id(node) not in self._calls:
-            self._calls[id(node)] = [n for n in walk([node]) if isinstance(n, ast.Call)]
-        return self._calls[id(node)]
+        """The calls in a statement's own expressions, in walk order."""
+        return self.memo(("calls", id(node)), lambda: [n for n in walk([node]) if isinstance(n, ast.Call)])
 
     def resets(self, block: ast.AST, held: str) -> bool:
-        """Does the body of this loop or function empty or rebind `held` unconditionally? Asked at
-        every store, so each body is read once."""
-        if id(block) not in self._resets:
-            self._resets[id(block)] = reset_keys(block.body)
-        return held in self._resets[id(block)]
+        """Does the body of this loop or function empty or rebind `held` unconditionally?"""
+        return held in self.memo(("resets", id(block)), lambda: reset_keys(block.body))
 
     # -- source text -----------------------------------------------------------------------------
 

@@ -7,7 +7,8 @@ of, if any), whether every read of that binding is a number, a shape or a detach
 values (a shape check alone says nothing about intent). It
 follows the code the binding can reach: the rest of each enclosing block, the next iteration of
 each enclosing loop up to the point where the name is certainly rebound, and what follows the loop.
-The search is bounded (`BUDGET` statements): past it, the answer is no, which keeps lint silent.
+The search is bounded (`BUDGET` statements and expression nodes looked at): past it, the answer is
+no, which keeps lint silent and its time linear.
 """
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ import ast
 
 from .syntax import DETACHING, NUMBER_BUILTINS, PLAIN_ATTRS, target_keys
 
-BUDGET = 400
+BUDGET = 1000
 # Functions that only look at a tensor: torchvision's image writers run under no_grad.
 VIEWERS = frozenset({"save_image", "make_grid", "imshow", "add_image", "add_images", "print"})
 _METADATA = frozenset({"shape", "dtype", "device", "ndim", "size", "dim", "numel", "nelement", "is_cuda", "layout",
@@ -32,13 +33,12 @@ class _Reads:
     def __init__(self, name: str):
         self.name, self.left, self.seen = name, BUDGET, 0
 
-    def block(self, stmts) -> tuple[bool, bool]:
-        """(read in a way that keeps the graph, certainly rebound by the end) for a block."""
-        for s in stmts:
-            self.left -= 1
-            if self.left < 0:
-                raise _OutOfBudget
-            kept, rebound = self.stmt(s)
+    def block(self, stmts, start: int = 0, stop: int | None = None) -> tuple[bool, bool]:
+        """(read in a way that keeps the graph, certainly rebound by the end) for `stmts[start:stop]`
+        (indices, not a slice: a copy per call would make long loops quadratic)."""
+        for index in range(start, len(stmts) if stop is None else stop):
+            self.spend()
+            kept, rebound = self.stmt(stmts[index])
             if kept or rebound:
                 return kept, rebound
         return False, False
@@ -77,12 +77,18 @@ class _Reads:
         ends = [self.block(body) for body in bodies]
         return any(k for k, _ in ends), all(r for _, r in ends)
 
+    def spend(self) -> None:
+        self.left -= 1
+        if self.left < 0:
+            raise _OutOfBudget
+
     def kept(self, node: ast.AST) -> bool:
         """Is the name read anywhere in `node` other than as a number, a shape, a detached copy or a
         picture? Nested functions count: a closure keeps what it reads."""
         stack: list[tuple[ast.AST, ast.AST | None]] = [(node, None)]
         while stack:
             n, parent = stack.pop()
+            self.spend()
             if isinstance(n, ast.Name) and n.id == self.name and isinstance(n.ctx, ast.Load):
                 if not _looks_only(n, parent):
                     return True
@@ -108,14 +114,14 @@ def only_shown(path: list[tuple[list, int, ast.AST | None]], name: str) -> bool:
     reads = _Reads(name)
     try:
         for stmts, index, loop in reversed(path):
-            kept, rebound = reads.block(stmts[index + 1:])
+            kept, rebound = reads.block(stmts, index + 1)
             if kept:
                 return False
             if rebound:
                 return reads.seen > 0
             if loop is not None:  # the next iteration, up to this statement again; then after the loop
                 header = [loop.test] if isinstance(loop, ast.While) else []
-                if any(reads.kept(h) for h in header) or reads.block(stmts[:index + 1])[0] or \
+                if any(reads.kept(h) for h in header) or reads.block(stmts, 0, index + 1)[0] or \
                         reads.block(loop.orelse)[0]:
                     return False
     except _OutOfBudget:

@@ -27,7 +27,7 @@ class Loop:
     node: ast.AST
     step: bool  # its iterations are training steps
     evaluating: bool  # started in an evaluation context (model.eval(), an evaluate() function)
-    bounded: bool = False  # over a count or over layers, not over data: what it keeps is bounded by the code
+    bounded: bool  # over a count or over layers, not over data: what it keeps is bounded by the code
     unguarded: bool = False  # an evaluation loop in which a forward runs with gradients on
 
 

@@ -46,7 +46,7 @@ class MissingNoGrad(Rule):
                 and isinstance(stmt.targets[0], ast.Name) and stmt.targets[0].id != "_"):
             return
         out = stmt.targets[0].id
-        if only_shown(scope.path, out):
+        if facts.memo(("shown only", id(stmt)), lambda: only_shown(scope.path, out)):
             self.report(call, f"runs with gradients enabled, but `{out}` is only looked at (numbers, detached "
                               f"copies, images), never back-propagated: the forward's graph is built for nothing",
                         scope.facts.snippet(stmt))
