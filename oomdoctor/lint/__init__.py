@@ -8,7 +8,8 @@ each finding points where the runtime would:
 
 - `retained-graph`: the line that keeps a tensor carrying its autograd graph in a holder that
   outlives a step (`total += loss`, `losses.append(loss)`, `self.bank = torch.cat([self.bank, f])`);
-- `missing-no-grad`: the forward call of an evaluation loop that runs with gradients enabled;
+- `missing-no-grad`: the forward call of an evaluation loop that runs with gradients enabled, or of
+  one call whose output is only looked at (numbers, detached copies, images);
 - `memory-growth`: the line appending a tensor copy, every step, to a container never emptied.
 
 How it decides: each function (and the module body) is walked in source order with an abstract
@@ -19,10 +20,11 @@ calls `backward()` or `.step()`) or of an evaluation loop, or lives on `self` or
 checks lean to silence: a holder that later feeds a `backward()` (gradient accumulation) is fine.
 A line ending in `# oomdoctor: ignore` is never reported.
 
-Where things are: check.py (entry points, reading files), facts.py (what the whole file tells each
-function), scope.py (the walk over one function), values.py (what an expression carries),
-syntax.py (the vocabulary and AST helpers), rules/ (one module per finding kind). Nothing here
-imports torch: lint must start fast.
+Where things are: check.py (entry points, bounded reads), facts.py (what the whole file tells each
+function), scope.py (the walk over one function), env.py (its layered state), values.py (what an
+expression carries), reach.py (where one binding is read), syntax.py (the vocabulary and AST
+helpers), rules/ (one module per finding kind). Nothing here imports torch: lint must start fast.
+Precision on real code is measured in docs/lint-precision.md.
 """
 from __future__ import annotations
 
