@@ -5,6 +5,7 @@ that blocks shows as a timeout, not as a slow test.
 """
 from __future__ import annotations
 
+import json
 import os
 
 import pytest
@@ -73,3 +74,14 @@ def test_expressions_too_deep_for_python_are_one_error_line_each(tmp_path):
     assert code == 2 and out.startswith("c_train.py:9: retained-graph")
     assert err.splitlines() == ["oomdoctor: error: a_deep.py: code nested too deeply to parse",
                                 "oomdoctor: error: b_deep.py: code nested too deeply to analyse"]
+
+
+def test_json_lists_skipped_files_apart_from_errors(tmp_path):
+    with open(tmp_path / "huge.py", "wb") as handle:
+        handle.truncate(MAX_BYTES + 1)
+    (tmp_path / "train.py").write_text(BUGGY)
+    result = run_cli("lint", "--json", ".", cwd=tmp_path, timeout=60)
+    data = json.loads(result.stdout)
+    assert result.returncode == 1 and data["files_checked"] == 1 and data["errors"] == []
+    assert data["skipped"] == [f"skipped huge.py: 4.0 MiB, over lint's {MAX_BYTES // 2**20} MiB limit"]
+    assert [f["line"] for f in data["findings"]] == [9]
