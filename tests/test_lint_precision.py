@@ -284,3 +284,18 @@ for x, y in loader:
     loss.backward()
     optimizer.step()
 """)
+
+
+def test_a_log_dict_detached_where_its_values_are_tensors_is_fine():
+    # pytorch-forecasting's fix: `v.detach() if torch.is_tensor(v) else v` over a log dict
+    check(TRAIN + """
+outputs = []
+for x, y in loader:
+    loss = criterion(model(x), y)
+    log = {"loss": loss, "n": len(x)}
+    outputs.append({k: v.detach() if torch.is_tensor(v) else v for k, v in log.items()})
+    outputs.append({k: v if not isinstance(v, torch.Tensor) else v.detach() for k, v in log.items()})
+    loss.backward()
+    optimizer.step()
+    outputs.append({k: v.detach() if torch.is_tensor(v) else log for k, v in log.items()})  # oomdoctor: retained-graph
+""")

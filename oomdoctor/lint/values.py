@@ -58,7 +58,8 @@ class Values:
         if isinstance(node, ast.BoolOp):
             return any(self.taint(v) for v in node.values)
         if isinstance(node, ast.IfExp):
-            return self.taint(node.body) or self.taint(node.orelse)
+            tensor, other = _tensor_branch(node)
+            return self.taint(tensor) or (other is not None and self.taint(other))
         if isinstance(node, (ast.List, ast.Tuple, ast.Set)):
             return any(self.taint(e) for e in node.elts)
         if isinstance(node, ast.Dict):
@@ -146,3 +147,20 @@ def _functional(func: ast.AST) -> bool:
         return False
     path = key(func.value) or ""
     return path.split(".")[0] in TORCH_ROOTS or path.startswith("nn.functional")
+
+
+def _tensor_branch(node: ast.IfExp) -> tuple[ast.AST, ast.AST | None]:
+    """The branches of `a if test else b` that may hold a tensor: in `v.detach() if torch.is_tensor(v)
+    else v`, the bare `v` of the other branch is not one."""
+    test, body, orelse = node.test, node.body, node.orelse
+    negated = isinstance(test, ast.UnaryOp) and isinstance(test.op, ast.Not)
+    if negated:
+        test, body, orelse = test.operand, orelse, body
+    checked = None
+    if isinstance(test, ast.Call) and test.args and (
+            name(test.func) == "is_tensor" or name(test.func) == "isinstance" and len(test.args) == 2
+            and "Tensor" in ast.dump(test.args[1])):
+        checked = key(test.args[0])
+    if checked is not None and key(orelse) == checked:
+        return body, None
+    return body, orelse
