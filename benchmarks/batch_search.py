@@ -3,9 +3,12 @@
     python benchmarks/batch_search.py            # simulated comparison, then real runs
     python benchmarks/batch_search.py --no-real  # simulated comparison only
 
-1. Simulated. One memory model (peak = fixed + per_sample*b, or the larger of two such lines where
-   the peak moves from the optimizer step to backward, as in recipes/batch_mlp.py) and one
-   capacity per row, the largest fitting size planted at ~30, ~1000 and ~20000. Methods:
+1. Simulated. One memory model (peak = fixed + per_sample*b; the larger of two such lines where
+   the peak moves from the optimizer step to backward, as in recipes/batch_mlp.py; that kink with
+   every tensor rounded up to 512 bytes as the CUDA caching allocator does; a b^2 term) and one
+   capacity per row, the largest fitting size planted at ~30, ~1000 and ~20000. oomdoctor's
+   trials report their moments (the bytes at each local peak of the step, as real trials under a
+   simulated capacity do: oomdoctor/batch/moments.py). Methods:
    - oomdoctor: `oomdoctor.batch.search`, 2 steps per trial; `oomdoctor batch` starts a fresh
      process per trial (start-up cost included), `find_batch_size` runs trials in-process;
    - Lightning `binsearch`: double from 2 until OOM, then binary search, 3 steps per trial, after
@@ -44,22 +47,34 @@ OURS_STEPS, LIGHTNING_STEPS = 2, 3
 CPU = {"CUDA_VISIBLE_DEVICES": ""}  # the real runs simulate the capacity on the CPU, GPU or not
 
 
+SHAPES = ("linear", "kinked", "kinked, rounded", "quadratic")
+
+
 class Workload:
     """A memory curve with a capacity whose largest fitting batch size is `target`."""
 
-    def __init__(self, target: int, kinked: bool):
-        self.target, self.kinked = target, kinked
+    def __init__(self, target: int, shape: str):
+        self.target, self.shape = target, shape
         self.per_sample = 4 * 2**20  # 4 MiB per sample near the maximum
         self.fixed = 6 * 2**30  # weights, gradients, optimizer state
-        self.capacity = self.fixed + self.per_sample * target + self.per_sample // 3
+        # quadratic: a b x b matrix taking a third of the per-sample memory at the maximum
+        self.quadratic = self.per_sample // 3 // target if shape == "quadratic" else 0
+        self.capacity = self.peak(target) + self.per_sample // 3
+
+    def moments(self, b: int) -> tuple[int, ...]:
+        """Bytes at the step's local peaks: backward's (activations) and, kinked, the optimizer
+        step's (temporaries the size of the weights, a little per sample), which dominates small
+        batches up to ~0.57 of the maximum."""
+        steep = self.fixed + self.per_sample * b + self.quadratic * b * b
+        if not self.shape.startswith("kinked"):
+            return (steep,)
+        flat = self.fixed + self.per_sample * self.target // 2 + self.per_sample // 8 * b
+        if self.shape == "kinked, rounded":  # 64 tensors a moment, each rounded up to 512 bytes
+            return tuple(sum(-(-(v // 64 + i) // 512) * 512 for i in range(64)) for v in (steep, flat))
+        return steep, flat
 
     def peak(self, b: int) -> int:
-        steep = self.fixed + self.per_sample * b
-        if not self.kinked:
-            return steep
-        # Small batches: the optimizer step's peak (temporaries the size of the weights, a little
-        # per sample) dominates up to ~0.57 of the maximum.
-        return max(steep, self.fixed + self.per_sample * self.target // 2 + self.per_sample // 8 * b)
+        return max(self.moments(b))
 
     def fits(self, b: int) -> bool:
         return self.peak(b) <= self.capacity
@@ -76,7 +91,7 @@ def run_oomdoctor(w: Workload, start_s: float = START_S) -> tuple[int, int, floa
         nonlocal spent
         ok = w.fits(b)
         spent += start_s + (OURS_STEPS * step_seconds(b) if ok else step_seconds(b) / 2)
-        return Trial(b, ok, w.peak(b) if ok else w.capacity)
+        return Trial(b, ok, w.peak(b) if ok else w.capacity, moments=w.moments(b) if ok else ())
 
     result = search(trial, capacity=w.capacity)
     return result.max_batch_size, result.measured_trials, spent
@@ -154,21 +169,26 @@ def simulated() -> None:
     decorate, accelerate_source = accelerate_decay()
     print(f"Simulated: step = {STEP_S} s + {SAMPLE_S * 1e6:.0f} us x batch; oomdoctor process start {START_S:.1f} s; "
           f"Lightning binsearch re-implemented; Accelerate: {accelerate_source}.")
-    header = f"{'workload':<18} {'method':<22} {'trials':>6} {'answer':>7} {'exact':>6} {'seconds':>8}"
+    header = f"{'workload':<27} {'method':<20} {'trials':>6} {'answer':>7} {'exact':>6} {'seconds':>8}"
     print(header)
     print("-" * len(header))
-    for kinked in (False, True):
+    worst = 0
+    for shape in SHAPES:
         for target in (30, 1000, 20000):
-            w = Workload(target, kinked)
-            name = f"{'kinked' if kinked else 'linear'}, max {target}"
+            w = Workload(target, shape)
+            truth = max(b for b in range(max(1, target - 50), target + 50) if w.fits(b))
+            name = f"{shape}, max {truth}"
             rows = [("oomdoctor batch", run_oomdoctor(w)), ("find_batch_size", run_oomdoctor(w, start_s=0)),
                     ("Lightning binsearch", run_lightning_binsearch(w)),
                     ("Accelerate x0.9", run_accelerate(w, decorate))]
             for method, (answer, trials, seconds) in rows:
-                exact = "yes" if answer == target else f"{answer / target:.0%}"
-                print(f"{name:<18} {method:<22} {trials:>6} {answer:>7} {exact:>6} {seconds:>8.1f}")
+                exact = "yes" if answer == truth else f"{answer / truth:.0%}"
+                if method == "find_batch_size":
+                    worst = max(worst, trials) if answer == truth else float("inf")
+                print(f"{name:<27} {method:<20} {trials:>6} {answer:>7} {exact:>6} {seconds:>8.1f}")
                 name = ""
-    print("exact: the answer is the largest size that fits; else the answer as a share of it.\n")
+    print("exact: the answer is the largest size that fits; else the answer as a share of it.")
+    print(f"oomdoctor's worst case over these shapes: {worst} measured trials, every answer exact.\n")
 
 
 def oomdoctor(*args: str, cwd: str) -> subprocess.CompletedProcess:
@@ -178,18 +198,18 @@ def oomdoctor(*args: str, cwd: str) -> subprocess.CompletedProcess:
 
 def real() -> None:
     recipe = str(REPO / "recipes" / "batch_mlp.py")
-    print("Real: oomdoctor batch --flag --batch-size --capacity SIZE recipes/batch_mlp.py --width 128 "
+    print(f"Real: oomdoctor batch --flag --batch-size --capacity SIZE recipes/batch_mlp.py [--width W] "
           f"(CPU, simulated capacity; torch {torch.__version__})")
     with tempfile.TemporaryDirectory() as folder:
         started = time.perf_counter()
         plain = subprocess.run([sys.executable, recipe, "--width", "128", "--device", "cpu"], capture_output=True,
                                text=True)
         print(f"  the recipe alone (python, 3 steps of 1024): {time.perf_counter() - started:.1f} s, exit {plain.returncode}")
-        for capacity in ("1.5MB", "8MiB"):
+        for capacity, width in (("1.5MB", "128"), ("8MiB", "128"), ("12MiB", "512"), ("64MiB", "512")):
             path = os.path.join(folder, "batch.json")
             started = time.perf_counter()
             done = oomdoctor("batch", "--flag", "--batch-size", "--capacity", capacity, "--json", path, recipe,
-                             "--width", "128", cwd=folder)
+                             "--width", width, cwd=folder)
             wall = time.perf_counter() - started
             if done.returncode != 0:
                 print(done.stdout + done.stderr)
@@ -197,13 +217,13 @@ def real() -> None:
             data = json.loads(Path(path).read_text())
             best = data["max_batch_size"]
             measured = [t for t in data["trials"] if t["source"] == "measured"]
-            check = {b: oomdoctor("run", "--quiet", "--steps", "2", "--capacity", capacity, recipe, "--width", "128",
+            check = {b: oomdoctor("run", "--quiet", "--steps", "2", "--capacity", capacity, recipe, "--width", width,
                                   "--batch-size", str(b), cwd=folder).returncode for b in (best, best + 1)}
             verdict = "exact" if check == {best: 0, best + 1: 1} else f"NOT exact: {check}"
             sizes = ", ".join(f"{t['batch_size']}{'' if t['fits'] else ' OOM'}" for t in measured)
-            print(f"  --capacity {capacity:>6}: max {best} ({verdict}), recommended {data['recommended_batch_size']}; "
-                  f"{len(measured)} trials [{sizes}], {sum(t['seconds'] for t in measured):.1f} s in trials, "
-                  f"{wall:.1f} s wall; model {data['prediction']['model'] if data['prediction'] else '-'}")
+            print(f"  --capacity {capacity:>6} --width {width}: max {best} ({verdict}), recommended "
+                  f"{data['recommended_batch_size']}; {len(measured)} trials [{sizes}], "
+                  f"{sum(t['seconds'] for t in measured):.1f} s in trials, {wall:.1f} s wall")
 
 
 if __name__ == "__main__":

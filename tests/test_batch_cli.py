@@ -45,7 +45,7 @@ def test_finds_the_exact_largest_batch_size_and_one_with_headroom(tmp_path):
         check = run_cli("run", "--quiet", "--steps", "2", "--capacity", "1.5MB", RECIPE, "--width", "128",
                         "--batch-size", str(best + 1), cwd=tmp_path, env=CPU)
         assert check.returncode == 1 and "OutOfMemoryError" in check.stderr
-    assert data["measured_trials"] <= 6
+    assert data["measured_trials"] <= 3  # kinked, but the moments show it: two probes and the answer
 
     # AND the recommendation keeps 10 % of the capacity free
     assert data["schema"] == "oomdoctor.batch/1" and data["capacity_bytes"] == 1_500_000
@@ -66,6 +66,13 @@ def test_finds_the_exact_largest_batch_size_and_one_with_headroom(tmp_path):
         assert f"│ {size:>10} │" in out  # one table row per trial
     assert "oomdoctor: batch size 1: fits" in result.stderr  # progress while it runs
 
+    # AND every measured size that fits has its speed, from its last (warm) step
+    assert "samples/s" in out
+    for t in data["trials"]:
+        if t["source"] == "measured" and t["fits"]:
+            assert t["samples_per_second"] == pytest.approx(t["batch_size"] / t["step_seconds"], rel=1e-3)
+    assert "fastest" in data
+
 
 # Scripts that fail in the ways a search must not mistake for "does not fit".
 SCRIPTS = {
@@ -82,6 +89,13 @@ SCRIPTS = {
         args = parser.parse_args()
         raise ValueError(f"cannot shard {args.batch_size} samples")
     """,
+    "own_parser.py": """
+        import sys
+        if "--batch-size" in sys.argv:
+            print("usage: own_parser.py [--bs N]", file=sys.stderr)
+            print("own_parser.py: error: unrecognized arguments: --batch-size", file=sys.stderr)
+            sys.exit(2)
+    """,
     "no_step.py": """
         import argparse
         parser = argparse.ArgumentParser()
@@ -94,6 +108,11 @@ EDGE_CASES = {
     "all_fit": ("batch", "--flag", "--batch-size", "--capacity", "1GiB", "--min", "4", "--max", "4", RECIPE,
                 "--width", "128"),
     "no_flag": (*SEARCH, "no_flag.py"),
+    "own_parser": (*SEARCH, "own_parser.py"),
+    "bad_card": ("batch", "--flag", "--batch-size", "--gpu", "B200-1TB", RECIPE),
+    "card_and_capacity": ("batch", "--flag", "--batch-size", "--gpu", "T4-16GB", "--capacity", "1GiB", RECIPE),
+    "all_fit_quiet": ("batch", "--flag", "--batch-size", "--capacity", "1GiB", "--min", "4", "--max", "4", "--quiet",
+                      RECIPE, "--width", "128"),
     "broken": (*SEARCH, "broken.py"),
     "no_step": (*SEARCH, "no_step.py"),
     "one_step": ("batch", "--flag", "--batch-size", "--steps", "1", "--capacity", "1MB", RECIPE),
@@ -131,9 +150,49 @@ def test_everything_up_to_max_fitting_says_more_may_fit(edge):
     assert "Every batch size up to --max 4 fits: 4 is the answer here, and more may fit" in result.stdout
 
 
-def test_a_script_without_the_flag_is_a_clear_error_naming_it(edge):
+def test_a_script_without_the_flag_is_refused_before_any_trial_in_one_line(edge):
+    # GIVEN an argparse script whose batch-size option is --bs: its source says so
     line = _error_line(edge["no_flag"], 2)
-    assert "does not take --batch-size" in line and "unrecognized arguments" in line
+    assert "no_flag.py does not take --batch-size: its options are --bs" in line
+    assert edge["no_flag"].stderr.count("\n") == 1  # no trial ran, no usage text
+
+
+def test_a_script_that_refuses_the_flag_at_run_time_is_one_line_too(edge):
+    # GIVEN a script parsing its own arguments: only running it tells, and it says so in one line
+    result = edge["own_parser"]
+    line = _error_line(result, 2)
+    assert "does not take --batch-size 1: own_parser.py: error: unrecognized arguments: --batch-size" in line
+    assert "usage:" not in result.stderr
+
+
+def test_an_unknown_card_is_one_line_naming_the_known_ones(edge):
+    line = _error_line(edge["bad_card"], 2)
+    assert "--gpu: unknown card 'B200-1TB'; known: T4-16GB" in line and "A100-40GB" in line and "H200-141GB" in line
+    assert "not both" in _error_line(edge["card_and_capacity"], 2)
+
+
+def test_quiet_prints_no_progress(edge):
+    result = edge["all_fit_quiet"]
+    assert result.returncode == 0, result.stderr
+    assert "oomdoctor: batch size" not in result.stderr and "Every batch size up to --max 4 fits" in result.stdout
+
+
+def test_a_gpu_you_do_not_have_gets_a_marked_prediction(tmp_path):
+    # GIVEN no GPU here (CUDA hidden), a prediction for an A100-40GB, sizes up to 4096
+    result = run_cli("batch", "--flag", "--batch-size", "--gpu", "a100 40gb", "--max", "4096", "--json", "g.json",
+                     RECIPE, "--width", "128", cwd=tmp_path, env=CPU)
+    assert result.returncode == 0, result.stderr
+    data = json.loads((tmp_path / "g.json").read_text())
+    # THEN the card's terms are in the answer, marked predicted and unvalidated, with what they assume
+    gpu = data["gpu"]
+    assert gpu["name"] == "A100-40GB" and gpu["predicted"] is True and gpu["validated"] is False
+    assert gpu["allocator_bytes"] == gpu["memory_bytes"] - gpu["context_bytes"] == data["capacity_bytes"]
+    assert any("one process" in a for a in gpu["assumptions"])
+    assert "Predicted for A100-40GB, unvalidated" in result.stdout and "CUDA context" in result.stdout
+    # AND the peaks are the allocator's reserved bytes: whole 2 MiB segments at least
+    measured = [t for t in data["trials"] if t["source"] == "measured"]
+    assert all(t["peak_bytes"] % (2 * 1024 * 1024) == 0 for t in measured)
+    assert data["max_batch_size"] == 4096 and data["all_fit"]
 
 
 def test_a_script_error_is_shown_and_never_taken_for_out_of_memory(edge):

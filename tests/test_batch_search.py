@@ -22,8 +22,8 @@ CASES = settings(max_examples=250, deadline=None, derandomize=True)
 class Device:
     """A simulated device running a workload whose peak is `peak(b)`."""
 
-    def __init__(self, peak, capacity: int | None, report_capacity: bool = False, moments=None):
-        self.capacity, self.report_capacity, self.moments = capacity, report_capacity, moments
+    def __init__(self, peak, capacity: int | None, report_capacity: bool = False, moments=None, step=None):
+        self.capacity, self.report_capacity, self.moments, self.step = capacity, report_capacity, moments, step
         self.peak = peak if moments is None else (lambda b: max(moments(b)))
         self.runs: list[int] = []
 
@@ -33,7 +33,8 @@ class Device:
         fits = need <= self.capacity
         moments = tuple(self.moments(b)) if self.moments is not None and fits else ()
         return Trial(b, fits, need if fits else self.capacity, 0.1,
-                     capacity_bytes=self.capacity if self.report_capacity else None, moments=moments)
+                     capacity_bytes=self.capacity if self.report_capacity else None, moments=moments,
+                     step_seconds=self.step(b) if self.step is not None and fits else None)
 
     def truth(self, low: int = 1, high: int = DEFAULT_HIGH) -> int | None:
         """The largest size that fits, by bisection on the model itself."""
@@ -247,6 +248,29 @@ def test_the_recommendation_never_goes_below_the_minimum():
     device = Device(linear(950, 1), 1_000)
     result = search(device, capacity=1_000, low=4, margin=0.1)
     assert result.max_batch_size == 50 and result.recommended_batch_size == 4
+
+
+def test_a_smaller_size_that_trains_faster_per_sample_is_named_with_its_numbers():
+    # GIVEN steps that slow down past ~1000 samples (caches overflow): per sample, the largest
+    # size is not the fastest
+    device = Device(linear(10_000, 100), 10_000 + 100 * 5000, step=lambda b: 0.01 + 1e-5 * b + 2e-9 * b * b)
+    result = search(device, capacity=device.capacity, start=1000)
+    largest = result.trial(result.max_batch_size)
+    faster = result.faster_than_largest()
+    # THEN the fastest measured size is named, with its rate and the largest's
+    assert faster is not None and faster.batch_size < largest.batch_size
+    assert faster.samples_per_second == max(t.samples_per_second for t in result.trials if t.samples_per_second)
+    fastest = result.to_dict()["fastest"]
+    assert fastest["batch_size"] == faster.batch_size
+    assert fastest["speedup"] == pytest.approx(faster.samples_per_second / largest.samples_per_second, rel=1e-3)
+    assert fastest["largest_samples_per_second"] == pytest.approx(largest.samples_per_second, rel=1e-3)
+
+
+def test_no_faster_size_is_claimed_within_the_noise():
+    # GIVEN steps whose time per sample barely changes: within 10 % the largest stays the advice
+    device = Device(linear(10_000, 100), 10_000 + 100 * 5000, step=lambda b: 1e-5 * b + 0.001 * (b < 3000))
+    result = search(device, capacity=device.capacity, start=1000)
+    assert result.faster_than_largest() is None and result.to_dict()["fastest"] is None
 
 
 def test_json_form():

@@ -144,3 +144,38 @@ def test_auto_batch_size_retries_smaller_when_the_full_run_runs_out():
     # THEN the first full run ran out of memory and a smaller size finished it
     assert run.result.max_batch_size == 64
     assert used == run.batch_size < run.result.recommended_batch_size
+
+
+def test_progress_is_a_line_per_trial_on_stderr_unless_quiet(capfd):
+    result = find_batch_size(train, capacity=2 * MIB, device="cpu", high=64)
+    lines = [line for line in capfd.readouterr().err.splitlines() if line.startswith("oomdoctor: batch size ")]
+    assert len(lines) == result.measured_trials
+    assert lines[-1].startswith("oomdoctor: batch size 64: fits, peak ") and "samples/s" in lines[-1]
+    find_batch_size(train, capacity=2 * MIB, device="cpu", high=64, quiet=True)
+    assert "oomdoctor:" not in capfd.readouterr().err
+
+
+def test_on_a_terminal_progress_is_a_live_line_naming_the_running_trial():
+    # GIVEN a real pseudo-terminal as the progress stream
+    import os
+
+    from oomdoctor.batch.progress import SearchProgress
+    from oomdoctor.batch.search import Trial
+
+    master, slave = os.openpty()
+    with os.fdopen(slave, "w") as stream, SearchProgress(stream=stream) as progress:
+        progress.wrap(lambda b: Trial(b, True, 1000 * b, 0.5, step_seconds=0.01))(7)
+    chunks = []
+    while True:  # all the terminal received: the writer side is closed, reading ends with EIO
+        try:
+            chunk = os.read(master, 65536)
+        except OSError:
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+    os.close(master)
+    output = b"".join(chunks).decode(errors="replace")
+    # THEN the running trial was shown live, and its outcome stays as a line
+    assert "trial 1, batch size 7" in output
+    assert "oomdoctor: batch size 7: fits, peak 6.84 KiB, 700 samples/s (0.5 s)" in output

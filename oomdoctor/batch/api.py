@@ -24,6 +24,7 @@ from ..errors import BadInput, NothingFits
 from ..oom import is_oom
 from ..sizes import format_bytes, parse_size
 from .moments import PeakMoments
+from .progress import SearchProgress
 from .search import DEFAULT_HIGH, DEFAULT_MARGIN, BatchResult, Trial, search
 
 DEFAULT_STEPS = 2  # the second step carries the optimizer state created lazily at the first
@@ -43,13 +44,15 @@ def find_batch_size(
     steps: int = DEFAULT_STEPS,
     margin: float = DEFAULT_MARGIN,
     device: str | None = None,
+    quiet: bool = False,
 ) -> BatchResult:
     """The largest batch size in [low, high] for which `fn(batch_size)` fits in memory.
 
     `capacity`: bytes or a size such as "2GiB"; on CPU it is simulated (an OOM is raised past it),
     on CUDA the default is the device's memory. `device`: whose memory (default: CUDA when there
     is a GPU, else the CPU). `start`: the first size to try (e.g. the current one). `margin`:
-    share of the capacity the recommendation keeps free. Returns a `BatchResult`
+    share of the capacity the recommendation keeps free. `quiet`: no progress on stderr (a live
+    line on a terminal, else a line per trial). Returns a `BatchResult`
     (`.max_batch_size`, `.recommended_batch_size`, `.trials`); raises `NothingFits` when even
     `low` does not fit.
     """
@@ -71,8 +74,9 @@ def find_batch_size(
             failures[batch_size] = report
         return result
 
-    result = search(trial, low=low, high=DEFAULT_HIGH if high is None else high,
-                    capacity=None if joined else size, start=start, margin=margin)
+    with SearchProgress(quiet) as progress:
+        result = search(progress.wrap(trial), low=low, high=DEFAULT_HIGH if high is None else high,
+                        capacity=None if joined else size, start=start, margin=margin)
     if result.max_batch_size is None:
         raise NothingFits(_nothing_fits(low, result.capacity_bytes, failures.get(low)))
     return result

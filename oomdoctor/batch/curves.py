@@ -108,10 +108,11 @@ def series(points: Sequence[Point]) -> list[tuple[int, ...]]:
     return sorted(set(zip(*values)))  # the same values at every point: one curve
 
 
-def fit(points: Sequence[Point], bent: bool) -> Envelope:
+def fit(points: Sequence[Point], bent: bool, valid_from: int | None = None) -> Envelope:
     """The envelope through the two largest points (lines), or the three largest (parabolas,
     `bent`): one curve per series. A series that bends down keeps its line: a concave fit would
-    promise ever more room."""
+    promise ever more room. Lines that never lead from `valid_from` on (default: the largest
+    point) are left out: the envelope is exact from there only."""
     top = sorted(points, key=lambda p: p.batch_size)[-3 if bent else -2:]
     sizes = [p.batch_size for p in top]
     pieces = []
@@ -121,7 +122,7 @@ def fit(points: Sequence[Point], bent: bool) -> Envelope:
         if curve.quadratic < 0:
             curve = line(*xy[-2:])
         pieces.append(curve)
-    return Envelope(_prune(pieces, sizes[-1]))
+    return Envelope(_prune(pieces, sizes[-1] if valid_from is None else valid_from))
 
 
 def _prune(pieces: list[Curve], b: int) -> list[Curve]:

@@ -29,9 +29,14 @@ from .search import Trial
 
 
 class ScriptTrials:
-    def __init__(self, script: str, args: list[str], flag: str, steps: int, capacity: int | None):
+    """`gpu_budget`: predict for a GPU from CPU runs: each trial runs on the CPU under that
+    capacity, its peak is the CUDA reserved peak the allocator model predicts, and it fits when
+    that is within the budget."""
+
+    def __init__(self, script: str, args: list[str], flag: str, steps: int, capacity: int | None,
+                 gpu_budget: int | None = None):
         self.script, self.args, self.flag = script, list(args), flag
-        self.steps, self.capacity = steps, capacity
+        self.steps, self.capacity, self.gpu_budget = steps, capacity, gpu_budget
         self.reports: dict[int, dict[str, Any]] = {}  # batch size -> its report, as JSON data
         self.moments: dict[int, tuple[int, ...]] = {}  # batch size -> its moments, when recorded
         self.on_trial = None  # called with each Trial as it completes (progress lines)
@@ -43,24 +48,32 @@ class ScriptTrials:
         capacity = (report.get("device") or {}).get("capacity_bytes")
         if exception and (exception.startswith("OutOfMemoryError") or oom_family(exception)):
             trial = Trial(batch_size, False, _peak(report), seconds, capacity_bytes=capacity)
+        elif code == 0 and not exception and self.gpu_budget is not None:
+            self._check_steps(report, stderr, batch_size)
+            reserved = (report.get("aggregates") or {}).get("predicted_cuda_reserved_peak_bytes")
+            peak = reserved or _peak(report)
+            trial = Trial(batch_size, peak <= self.gpu_budget, peak, seconds, step_seconds=step_seconds(report))
         elif code == 0 and not exception:
-            if not report.get("steps_total"):
-                _show(stderr)
-                raise OomdoctorError(
-                    f"{self.script} ended without an optimizer step at batch size {batch_size}: oomdoctor batch "
-                    f"measures training steps (optimizer.step()); does the script train with these arguments?")
+            self._check_steps(report, stderr, batch_size)
             trial = Trial(batch_size, True, _peak(report), seconds, capacity_bytes=capacity,
                           moments=self.moments.get(batch_size, ()), step_seconds=step_seconds(report))
         else:
-            _show(stderr)
-            if code == 2 and not exception and self.flag in stderr:
+            if code == 2 and not exception and self.flag in stderr:  # the script's argparse said no
                 raise BadInput(f"{self.script} does not take {self.flag} {batch_size}: {_last_line(stderr)}")
+            _show(stderr)
             what = exception or f"exit code {code}"
             raise OomdoctorError(f"{self.script} failed at batch size {batch_size} with {what[:200]}; that is not "
                                  f"an out-of-memory error, so the search stopped (its output is above)")
         if self.on_trial is not None:
             self.on_trial(trial)
         return trial
+
+    def _check_steps(self, report: dict[str, Any], stderr: str, batch_size: int) -> None:
+        if not report.get("steps_total"):
+            _show(stderr)
+            raise OomdoctorError(
+                f"{self.script} ended without an optimizer step at batch size {batch_size}: oomdoctor batch "
+                f"measures training steps (optimizer.step()); does the script train with these arguments?")
 
     def run(self, batch_size: int, capacity: int | None) -> tuple[dict[str, Any], int, str, float]:
         """One run of the script at `batch_size`: (report, exit code, stderr, seconds)."""
@@ -71,8 +84,12 @@ class ScriptTrials:
             if capacity is not None:
                 command += ["--capacity", str(capacity)]
             command += [self.script, *with_flag(self.args, self.flag, batch_size)]
+            # Predicting for a GPU: the allocator model runs over CPU allocations, so the script
+            # must not find this machine's GPU.
+            env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""} if self.gpu_budget is not None else None
             started = time.perf_counter()
-            done = subprocess.run(command, stdin=subprocess.DEVNULL, capture_output=True, text=True, errors="replace")
+            done = subprocess.run(command, stdin=subprocess.DEVNULL, capture_output=True, text=True, errors="replace",
+                                  env=env)
             seconds = round(time.perf_counter() - started, 3)
             try:
                 with open(path, encoding="utf-8") as f:
@@ -102,6 +119,42 @@ def with_flag(args: list[str], flag: str, value: int) -> list[str]:
         out.append(arg)
         i += 1
     return out if replaced else out + [flag, str(value)]
+
+
+def flag_refused(script: str, flag: str) -> str | None:
+    """Why the script cannot take `flag`, read from its source before any trial runs: it builds
+    its options with argparse's `add_argument`, all of them literal, and none is `flag` or a
+    longer option `flag` abbreviates. None when the source does not tell (another parser, options
+    built elsewhere)."""
+    options: set[str] = set()
+    for call in _calls(script):
+        if _name(call.func) == "ArgumentParser":
+            if any(k.arg == "parents" for k in call.keywords):
+                return None  # options inherited from parsers built elsewhere
+            continue
+        for arg in call.args:
+            if not (isinstance(arg, ast.Constant) and isinstance(arg.value, str)):
+                return None
+            options.add(arg.value)
+    dashed = sorted(o for o in options if o.startswith("-"))
+    if not dashed or any(o == flag or o.startswith(flag) for o in dashed):
+        return None
+    return f"{script} does not take {flag}: its options are {', '.join(dashed)}"
+
+
+def _calls(script: str) -> list[ast.Call]:
+    try:
+        with open(script, "rb") as f:
+            tree = ast.parse(f.read())
+    except (OSError, SyntaxError, ValueError):
+        return []
+    return [node for node in ast.walk(tree)
+            if isinstance(node, ast.Call) and isinstance(node.func, (ast.Attribute, ast.Name))
+            and _name(node.func) in ("add_argument", "ArgumentParser")]
+
+
+def _name(func: ast.expr) -> str:
+    return func.attr if isinstance(func, ast.Attribute) else func.id  # type: ignore[union-attr]
 
 
 def current_batch_size(script: str, args: list[str], flag: str) -> int | None:

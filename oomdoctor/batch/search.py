@@ -48,6 +48,7 @@ DEFAULT_HIGH = 65536
 DEFAULT_MARGIN = 0.10  # capacity share kept free in the recommendation: fragmentation, longer inputs
 TOLERANCE = 0.01  # gap between a measured peak and the fit's prediction, relative, still "on the fit"
 OVERSHOOTS_BEFORE_BISECTION = 2
+FASTER_BY = 0.10  # a smaller size must beat the largest's samples/s by this share: step times are noisy
 
 
 @dataclass
@@ -146,6 +147,19 @@ class BatchResult:
             size = max((t.batch_size for t in fitting if t.peak_bytes <= budget), default=self.low)
         return max(self.low, size)
 
+    def faster_than_largest(self) -> Trial | None:
+        """The measured size below the maximum that trained the most samples per second, when that
+        beats the maximum's own rate by `FASTER_BY` (memory is not all: past some size a larger
+        batch only waits longer per step)."""
+        largest = self.trial(self.max_batch_size) if self.max_batch_size is not None else None
+        if largest is None or not largest.samples_per_second:
+            return None
+        smaller = [t for t in self.trials if t.samples_per_second and t.batch_size < largest.batch_size]
+        best = max(smaller, key=lambda t: t.samples_per_second, default=None)
+        if best is not None and best.samples_per_second > largest.samples_per_second * (1 + FASTER_BY):
+            return best
+        return None
+
     def to_dict(self) -> dict:
         prediction = None
         if self.curve is not None:
@@ -172,7 +186,17 @@ class BatchResult:
             "measured_trials": self.measured_trials,
             "trials": [t.to_dict() for t in self.trials],
             "prediction": prediction,
+            "fastest": self._fastest_dict(),
         }
+
+    def _fastest_dict(self) -> dict | None:
+        faster = self.faster_than_largest()
+        if faster is None:
+            return None
+        largest = self.trial(self.max_batch_size).samples_per_second
+        return {"batch_size": faster.batch_size, "samples_per_second": round(faster.samples_per_second, 3),
+                "largest_samples_per_second": round(largest, 3),
+                "speedup": round(faster.samples_per_second / largest, 3)}
 
 
 def search(
@@ -208,7 +232,8 @@ class _Placement:
 
     curve: Envelope | None  # what predicted its peak; None for a one-point bound or bisection
     expects_fit: bool
-    kind: str  # "fit" (the fit's largest size), "bound" (fits under the most curved growth), "search"
+    kind: str  # "fit" (the fit's largest size), "bound" (fits under the most curved growth), "top" (of an
+    # all but closed bracket), "search"
 
 
 class _Search:
@@ -227,11 +252,13 @@ class _Search:
         self._gap: float | None = None  # bytes between the latest trial's peak and its fit's prediction
         self._overshoots = 0  # trials in a row that did not fit where they were meant to
         self._prefer_bent: bool | None = None  # None: the parabola when the points bend
+        self._crept = False  # the latest trial was the fit's size, and it fitted
 
     # -- measuring ------------------------------------------------------------------------------
     def measure(self, b: int) -> None:
         placement, self._placement = self._placement, None
         result = self.run(b)
+        self._crept = placement is not None and placement.kind == "fit" and result.fits
         if result.batch_size != b or result.source != "measured":
             raise ValueError(f"trial({b}) must return the measured Trial of batch size {b}")
         self.trials.append(result)
@@ -261,7 +288,9 @@ class _Search:
         if placement.kind != "fit":
             return
         low_by_far = not fits or self.points[b].peak > expected * (1 + TOLERANCE)
-        if placement.curve.model == "linear" and low_by_far:
+        # An OOM where the moments' lines promised room is rounding, not a bend (step 4).
+        rounding = not fits and self._moments_fitted()
+        if placement.curve.model == "linear" and low_by_far and not rounding:
             self._prefer_bent = True  # the line promised too much: the points bend
         elif placement.curve.model == "quadratic" and (low_by_far or self.points[b].peak < expected * (1 - TOLERANCE)):
             self._prefer_bent = False  # the parabola erred: a kink, straight beyond it
@@ -281,7 +310,12 @@ class _Search:
         sizes = sorted(self.points)
         other = sizes[0] if self._moments_fitted(sizes[0]) else sizes[-2]
         over = fit([self.points[other], self.points[lo]], bent=False).peak(lo + 1)
-        if float(over) - self.capacity > self._gap:
+        allowance = self._gap
+        if other == sizes[0] and _rounded(self.points[lo]):
+            # Moments made of rounded blocks are staircases, not lines: a secant can overshoot
+            # the next size by a block per tensor. Keep half a sample's bytes to spare.
+            allowance = max(allowance, float(over - self.points[lo].peak) / 2)
+        if float(over) - self.capacity > allowance:
             self.trials.append(Trial(lo + 1, False, math.ceil(over), None, "predicted"))
             return True
         return False
@@ -298,13 +332,21 @@ class _Search:
             return self._place(math.floor(bound), expects_fit=math.floor(bound) > lo, kind="bound")
         curve = self.curve()
         size = curve.largest_fitting(self.capacity, lo, self.high)
+        if self._crept and self.smallest_oom is not None and hi <= lo + 2 and self._moments_fitted():
+            # The fit's size fitted, yet the next is not ruled out, and the bracket is all but
+            # closed: rounding tilts the moments' lines by a size or two, and the fit would creep
+            # up one by one. Its top settles it when it fits.
+            return self._place(hi, curve, kind="top")
         if size <= hi:
             return self._place(size, curve, kind="fit")
         # The fit promised a size that did not fit (step 4 of the module doc). Where the moments
         # were fitted, the kinks are in the fit already and what is left is rounding (allocator
         # blocks, per-size kernels), which tilts a line through close sizes: measure halfway, a
-        # long base for the next fit.
+        # long base for the next fit; from a long base already, the error is a size or two.
         if self._moments_fitted():
+            base = sorted(self.points)[-2]
+            if lo - base >= hi - lo:  # a long base: the fit is off by a size or two, try the top
+                return self._place(hi, curve, kind="top")
             return self._place((lo + hi + 1) // 2)
         if len(points) == 2 or parabola(*points).quadratic <= 0:
             curve = steepest(*points[-2:])
@@ -342,8 +384,14 @@ class _Search:
             if bent.quadratic > 0:  # only what bends up: a concave fit would promise ever more room
                 if self._prefer_bent is None:
                     b, peak = sorted((p.batch_size, p.peak) for p in points)[-3]
-                    if abs(float(straight.peak(b)) - peak) > TOLERANCE * max(peak, 1):
+                    below = fit(points, bent=False, valid_from=b)  # the same lines, down to b
+                    if abs(float(below.peak(b)) - peak) > TOLERANCE * max(peak, 1):
                         return bent
                 elif self._prefer_bent:
                     return bent
         return straight
+
+
+def _rounded(point: Point) -> bool:
+    """Every recorded byte count a multiple of 512: sizes as the CUDA caching allocator rounds them."""
+    return all(v % 512 == 0 for v in (point.peak, *point.moments))

@@ -2,7 +2,8 @@
 
 Trials run the script's first optimizer steps in fresh processes (batch/script.py); the search
 (batch/search.py) decides where. The result goes to stdout (a table and the answer), progress to
-stderr, the machine form (`oomdoctor.batch/1`) to `--json`. Exit 0 with an answer, 1 when even
+stderr (batch/progress.py), the machine form (`oomdoctor.batch/1`) to `--json`. `--gpu CARD`
+predicts for a card this machine does not have (gpu/cards.py). Exit 0 with an answer, 1 when even
 `--min` does not fit, 2 for bad input or a script that fails for another reason than memory.
 """
 from __future__ import annotations
@@ -18,9 +19,11 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from ..batch.script import ScriptTrials, current_batch_size
-from ..batch.search import DEFAULT_HIGH, BatchResult, Trial, search
+from ..batch.progress import SearchProgress
+from ..batch.script import ScriptTrials, current_batch_size, flag_refused
+from ..batch.search import DEFAULT_HIGH, BatchResult, search
 from ..errors import BadInput, NothingFits
+from ..gpu.cards import ASSUMPTIONS, Card, card, describe
 from ..report.json import check_writable
 from ..runner import Target, check_target
 from ..sizes import format_bytes, parse_size
@@ -42,6 +45,11 @@ def batch(
     margin: float = typer.Option(10.0, "--margin", metavar="PCT",
                                  help="Capacity share the recommendation keeps free, in %."),
     json: Optional[str] = typer.Option(None, "--json", metavar="PATH", help="Write the result as JSON."),
+    gpu: Optional[str] = typer.Option(
+        None, "--gpu", metavar="CARD",
+        help="Predict for a GPU you do not have (e.g. A100-40GB), from CPU trials: its memory less the CUDA "
+             "context, against the caching allocator's predicted reserved bytes. Predicted, unvalidated."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress lines while trials run."),
 ) -> int:
     """Find the largest batch size that fits, and a recommended one with headroom.
 
@@ -58,16 +66,25 @@ def batch(
         raise BadInput(f"--min {low} is larger than --max {high}")
     if not 0 <= margin < 100:
         raise BadInput(f"--margin is a percentage in [0, 100), got {margin:g}")
+    target = card(gpu) if gpu is not None else None
+    if target is not None and capacity is not None:
+        raise BadInput("give --gpu CARD or --capacity SIZE, not both: the card sets the capacity")
     size = parse_size(capacity) if capacity is not None else None
-    if size is None and not _has_gpu():
-        raise BadInput("no GPU here: give --capacity SIZE (e.g. 16GiB) to search against a simulated device")
+    if target is not None:
+        size = target.allocator_bytes
+    elif size is None and not _has_gpu():
+        raise BadInput("no GPU here: give --capacity SIZE (e.g. 16GiB) to search against a simulated device, "
+                       "or --gpu CARD to predict for a card")
     if json:
         check_writable(json)
     check_target(Target(script, None, args))
+    refused = flag_refused(script, flag)
+    if refused:
+        raise BadInput(refused)
 
-    trials = ScriptTrials(script, args, flag, steps, size)
-    trials.on_trial = _progress
-    result = search(trials, low=low, high=high, capacity=size, margin=margin / 100)
+    trials = ScriptTrials(script, args, flag, steps, size, gpu_budget=size if target is not None else None)
+    with SearchProgress(quiet) as progress:
+        result = search(progress.wrap(trials), low=low, high=high, capacity=size, margin=margin / 100)
     console = Console(file=sys.stdout, width=_width(), highlight=False)
     console.print(_table(result))
     if result.max_batch_size is None:
@@ -75,11 +92,12 @@ def batch(
 
     current = current_batch_size(script, args, flag)
     accumulation = _accumulation(current, result.recommended_batch_size)
-    for line in _summary(result, flag, current, accumulation):
+    for line in _summary(result, flag, current, accumulation) + _speed(result) + _card_lines(target, result):
         console.print(line)
     if json:
         data = {**result.to_dict(), "script": script, "flag": flag, "steps": steps,
-                "current_batch_size": current, "accumulation": accumulation}
+                "current_batch_size": current, "accumulation": accumulation,
+                "gpu": None if target is None else describe(target)}
         Path(json).write_text(json_module.dumps(data, indent=2) + "\n", encoding="utf-8")
     return 0
 
@@ -93,21 +111,17 @@ def _has_gpu() -> bool:
         return False
 
 
-def _progress(trial: Trial) -> None:
-    outcome = f"fits, peak {format_bytes(trial.peak_bytes)}" if trial.fits else "out of memory"
-    print(f"oomdoctor: batch size {trial.batch_size}: {outcome} ({trial.seconds:.1f} s)", file=sys.stderr, flush=True)
-
-
 def _table(result: BatchResult) -> Table:
     table = Table(title="oomdoctor batch: trials", title_justify="left")
-    for name in ("batch size", "fits", "peak", "seconds", "source"):
-        table.add_column(name, justify="right" if name in ("batch size", "peak", "seconds") else "left")
+    for name in ("batch size", "fits", "peak", "samples/s", "seconds", "source"):
+        table.add_column(name, justify="left" if name in ("fits", "source") else "right")
     for t in sorted(result.trials, key=lambda t: t.batch_size):
         if t.source == "predicted":
             peak = f">= {format_bytes(t.peak_bytes)}"  # the secant's lower bound
         else:  # an OOM run stopped before its peak: no figure to show
             peak = format_bytes(t.peak_bytes) if t.fits else "-"
-        table.add_row(str(t.batch_size), "yes" if t.fits else "OOM", peak,
+        rate = t.samples_per_second
+        table.add_row(str(t.batch_size), "yes" if t.fits else "OOM", peak, "-" if rate is None else f"{rate:,.0f}",
                       "-" if t.seconds is None else f"{t.seconds:.1f}", t.source)
     return table
 
@@ -135,16 +149,40 @@ def _summary(result: BatchResult, flag: str, current: int | None, accumulation: 
             lines.append(f"Recommended: [bold]{recommended}[/bold], the smallest size: even it leaves only "
                          f"{format_bytes(usable - peak)} of {of} free, less than the {result.margin:.0%} margin.")
     c = result.deciding_curve
-    if c is not None:
-        bend = f" + {format_bytes(float(c.quadratic))} x batch^2" if c.quadratic else ""
-        moments = f", the largest of {len(result.curve.pieces)} moments of the step" if len(result.curve.pieces) > 1 else ""
-        lines.append(f"Memory model ({result.curve.model}{moments}; near the maximum): {format_bytes(float(c.fixed))} + "
-                     f"{format_bytes(float(c.per_sample))} x batch{bend}.")
+    if c is not None and c.per_sample >= 0:  # a staircase of reserved segments can tilt a line down
+        at = result.max_batch_size or 1
+        bend = f" + {format_bytes(float(c.quadratic))} x batch^2" if c.quadratic * at * at >= c.peak(at) / 100 else ""
+        pieces = len(result.curve.pieces)
+        moments = f"; the largest of {pieces} moments of the step, fitted each" if pieces > 1 else ""
+        lines.append(f"Memory model near the maximum: {format_bytes(float(c.fixed))} + "
+                     f"{format_bytes(float(c.per_sample))} x batch{bend}{moments}.")
     if accumulation is not None:
         lines.append(f"The script's batch size is {current}: run it with {flag} {accumulation['micro_batch_size']} and "
                      f"accumulate gradients over {accumulation['steps']} micro-batches to keep an effective batch of "
                      f"{accumulation['effective_batch_size']}.")
     return lines
+
+
+def _speed(result: BatchResult) -> list[str]:
+    """The fastest size per sample, beside the largest, when a smaller one trains faster."""
+    faster = result.faster_than_largest()
+    if faster is None:
+        return []
+    largest = result.trial(result.max_batch_size)
+    return [f"Fastest per sample: [bold]{faster.batch_size}[/bold] ({faster.samples_per_second:,.0f} samples/s, "
+            f"{faster.samples_per_second / largest.samples_per_second:.2f}x the {largest.samples_per_second:,.0f} "
+            f"samples/s of {largest.batch_size}): prefer it where memory is not the point. Timed on the last "
+            f"trial step, under oomdoctor's watch (on CPU every op pays a few microseconds, small batches most)."]
+
+
+def _card_lines(target: Card | None, result: BatchResult) -> list[str]:
+    if target is None:
+        return []
+    return [f"[bold]Predicted for {target.name}, unvalidated[/bold]: {format_bytes(target.memory_bytes)} on the card, "
+            f"less ~{format_bytes(target.context_bytes)} of CUDA context and library kernels the allocator never "
+            f"sees: {format_bytes(target.allocator_bytes)} for PyTorch's caching allocator. Peaks above are the "
+            f"bytes it would reserve (the allocator model over this CPU run: 512-byte rounding, 2 MiB / 20 MiB "
+            f"segments). Assumes " + "; ".join(ASSUMPTIONS) + "."]
 
 
 def _accumulation(current: int | None, recommended: int | None) -> dict[str, int] | None:
