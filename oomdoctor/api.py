@@ -123,6 +123,8 @@ def watch(fn: Callable[..., Any] | None = None, **options: Any) -> Any:
         hook.remove()
         if session._report is None:
             _finish(session, owned["starter"], hook.uncaught)
+            if isinstance(hook.uncaught, KeyboardInterrupt):
+                _keep_sigint_exit()
         return session.report()
 
     wrapper.stop = stop  # type: ignore[attr-defined]
@@ -139,6 +141,16 @@ def _finish(session: Session, starter: int, exc: BaseException | None) -> None:
     code = None if exc is None else 130 if isinstance(exc, KeyboardInterrupt) else 1
     report = session.stop(exc, exit_code=code)
     emit(report, quiet=session.quiet, json_path=session.json_path, html_path=session.html_path)
+
+
+def _keep_sigint_exit() -> None:
+    """After an uncaught KeyboardInterrupt CPython exits by SIGINT (status 130), unless code was
+    run from a string since then: rendering the report at exit does (namedtuple, dataclasses),
+    and the program would exit 1. A string that raises KeyboardInterrupt sets that exit again."""
+    try:
+        exec("raise KeyboardInterrupt", {})
+    except KeyboardInterrupt:
+        pass
 
 
 class _UncaughtHook:
@@ -158,7 +170,15 @@ class _UncaughtHook:
             self.session.record_exception(self.uncaught)
         except Exception:  # noqa: BLE001 - never in the way of the user's traceback
             pass
-        self.previous(kind, exc, _without_tool_frames(tb))
+        # Python's hook prints each exception's own __traceback__ (the argument only where there
+        # is none): set them, as the program ends with this exception anyway.
+        seen: set[int] = set()
+        chained: BaseException | None = exc
+        while chained is not None and id(chained) not in seen:
+            seen.add(id(chained))
+            chained.__traceback__ = _without_tool_frames(chained.__traceback__)
+            chained = chained.__cause__ or chained.__context__
+        self.previous(kind, exc, exc.__traceback__)
 
     def remove(self) -> None:
         if sys.excepthook is self:

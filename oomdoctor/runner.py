@@ -3,8 +3,10 @@
 What `python script.py args` gives, the script gets here too: `sys.argv`, `__name__ ==
 "__main__"` in a real `__main__` module, `sys.path[0]` (the script's folder, or the cwd for
 `-m`), the cwd, stdout, and the exit code (`sys.exit(n)`, 1 with a traceback for an uncaught
-exception, death by SIGINT for Ctrl-C). The report is produced in every one of those cases,
-after the script's own output.
+exception, death by SIGINT for Ctrl-C, recorded as 130). The report is produced in every one of
+those cases, after the script's own output, by the process that started the script only (not by
+a child it forks). A traceback is the one python prints: without oomdoctor's and runpy's frames,
+nor torch's dispatch frames around the ledger's (`tool_frames`).
 """
 from __future__ import annotations
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import textwrap
 
 import torch
@@ -10,7 +11,7 @@ from torch import nn
 import oomdoctor
 from oomdoctor.report.json import load_json, render_json
 from oomdoctor.report.model import Report
-from conftest import run_cli
+from conftest import run_cli, run_python
 
 
 def _model():
@@ -143,3 +144,86 @@ def test_run_and_report_write_the_html_report(tmp_path):
     assert page.lstrip().lower().startswith("<!doctype html") and "<svg" in page
     assert run_cli("report", "--quiet", "r.json", "--html", "again.html", cwd=tmp_path).returncode == 0
     assert "<svg" in (tmp_path / "again.html").read_text()
+
+
+STEP = """
+import os, sys, torch, oomdoctor
+model = torch.nn.Linear(4, 4)
+@oomdoctor.watch(json="r.json")
+def step(x):
+    model(x).sum().backward()
+"""
+
+
+def _program(tmp_path, body: str) -> None:
+    (tmp_path / "prog.py").write_text(STEP + textwrap.dedent(body))
+
+
+def test_stop_inside_a_run_returns_the_running_report_and_the_run_goes_on(tmp_path):
+    # GIVEN a decorated step whose stop() is called in the middle of the program
+    _program(tmp_path, """
+        for _ in range(3):
+            step(torch.randn(2, 4))
+        print(step.stop().steps_total)
+        for _ in range(2):
+            step(torch.randn(2, 4))
+    """)
+    # WHEN it runs under `oomdoctor run`
+    result = run_cli("run", "--json", "run.json", "prog.py", cwd=tmp_path)
+    # THEN stop() gave the report so far, and the run's report has every step
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "3\n"
+    assert json.loads((tmp_path / "run.json").read_text())["steps_total"] == 5
+
+
+def test_an_uncaught_exception_ends_up_in_the_watch_report_and_its_traceback_is_pythons(tmp_path):
+    # GIVEN a decorated step that raises on its third call, outside `oomdoctor run`
+    _program(tmp_path, """
+        for i in range(3):
+            if i == 2:
+                os.chdir("..")  # the report still goes where the program started
+            step(torch.randn(2, 4) if i < 2 else None)
+    """)
+    # WHEN the program runs with plain python
+    result = run_python("prog.py", cwd=tmp_path)
+    # THEN it fails as python would, with no oomdoctor frame in the traceback
+    assert result.returncode == 1
+    traceback = result.stderr[:result.stderr.index("╭─ oomdoctor")]
+    assert "oomdoctor" not in traceback and traceback.strip().endswith("TypeError: linear(): argument 'input' "
+                                                                      "(position 1) must be Tensor, not NoneType")
+    # AND the report, written to the path as given from where the program started, records how it ended
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["exit"]["code"] == 1 and report["exit"]["exception"].startswith("TypeError: linear()")
+    assert report["steps_total"] == 3
+
+
+def test_ctrl_c_under_watch_is_reported_as_python_exits(tmp_path):
+    _program(tmp_path, "step(torch.randn(2, 4))\nraise KeyboardInterrupt\n")
+    result = run_python("prog.py", cwd=tmp_path)
+    assert result.returncode == -2  # python dies of SIGINT, exit status 130 in a shell
+    assert json.loads((tmp_path / "r.json").read_text())["exit"]["code"] == 130
+
+
+def test_a_forked_child_of_a_watched_program_does_not_report(tmp_path):
+    _program(tmp_path, """
+        for _ in range(3):
+            step(torch.randn(2, 4))
+        pid = os.fork()
+        if pid == 0:
+            step(torch.randn(2, 4))
+            sys.exit(0)
+        os.waitpid(pid, 0)
+    """)
+    result = run_python("prog.py", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.count("╭─ oomdoctor") == 1
+    assert json.loads((tmp_path / "r.json").read_text())["steps_total"] == 3
+
+
+def test_track_writes_relative_paths_where_the_block_started(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "elsewhere").mkdir()
+    with oomdoctor.track(quiet=True, json="t.json"):
+        os.chdir("elsewhere")
+        torch.ones(10)
+    assert (tmp_path / "t.json").exists() and not (tmp_path / "elsewhere" / "t.json").exists()

@@ -189,7 +189,7 @@ def test_simulated_capacity_message_from_oomdoctor():
     assert (m.kind, m.format, m.backend, m.device) == ("simulated-oom", "oomdoctor", "cpu", "cpu")
     assert m.total == 1 * MiB and m.reserved_unallocated == 0
     e = explain(m)
-    assert e.next[0].startswith("oomdoctor batch --flag batch-size --capacity 1.00MiB")
+    assert e.next[0].startswith("oomdoctor batch --flag --batch-size --capacity 1.00MiB")
 
 
 def test_cpu_allocator_message_from_pytorch():
@@ -211,7 +211,7 @@ def test_mps_message():
      "CUDA_LAUNCH_BLOCKING=1 python train.py"),
     (CUBLAS, "yes", "oomdoctor gpus"),
     (CUDNN_INIT, "maybe", "oomdoctor gpus"),
-    (CUDNN_UNSUPPORTED, "maybe", "oomdoctor batch --flag batch-size train.py"),
+    (CUDNN_UNSUPPORTED, "maybe", "oomdoctor batch --flag --batch-size train.py"),
     ("RuntimeError: CUDA error: out of memory", "yes", "oomdoctor gpus"),
 ])
 def test_cuda_errors_taken_for_memory_trouble_say_whether_they_are(text, memory, first_command):
@@ -287,6 +287,33 @@ def test_cli_reads_the_message_from_stdin():
     result = run_cli("explain", "-", stdin=DEVICE_ASSERT)
     assert result.returncode == 0, result.stderr
     assert "NOT a memory problem" in result.stdout and "CUDA_LAUNCH_BLOCKING=1" in result.stdout
+
+
+def test_suggested_batch_commands_are_ones_batch_accepts(tmp_path, capsys):
+    # GIVEN every explanation that suggests `oomdoctor batch`, for a script that is not there
+    texts = [V22, V21, real_simulated_oom(), MPS, CUDNN_INIT, CUDNN_UNSUPPORTED]
+    commands = {c for t in texts for c in explain(parse(t)).next if c.startswith("oomdoctor batch")}
+    assert commands
+    for command in commands:
+        # WHEN the command runs as suggested
+        with pytest.raises(SystemExit) as done:
+            main(command.split()[1:])
+        # THEN batch took its options, and stopped only at what this machine lacks: the script, or a GPU
+        error = capsys.readouterr().err
+        assert done.value.code == 2, (command, error)
+        assert "can't open file 'train.py'" in error or "no GPU here" in error, (command, error)
+
+
+def test_a_long_log_gives_every_message_in_order():
+    # GIVEN a log of thousands of messages of every kind, CUDA errors on lines of their own
+    block = [V22, "RuntimeError: CUDA error: out of memory", "RuntimeError: XPU out of memory.", "step done"]
+    text = "\n".join(block * 3000)
+    # WHEN it is read
+    messages = find_messages(text)
+    # THEN each message is found once, on its line
+    assert [m.kind for m in messages[:3]] == ["allocator-oom", "cuda-error", "oom"]
+    assert len(messages) == 9000
+    assert [m.line for m in messages[-3:]] == [11997, 11998, 11999]
 
 
 # -- bad input: one line, exit code 2 --------------------------------------------------------------

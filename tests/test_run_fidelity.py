@@ -119,4 +119,64 @@ def test_ctrl_c_reports_and_dies_of_sigint_like_python(tmp_path: Path):
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == -signal.SIGINT  # as `python loop.py` interrupted by Ctrl-C
     assert "KeyboardInterrupt" in err
-    assert json.loads((tmp_path / "r.json").read_text())["exit"]["exception"].startswith("KeyboardInterrupt")
+    ended = json.loads((tmp_path / "r.json").read_text())["exit"]
+    assert ended["exception"].startswith("KeyboardInterrupt")
+    assert ended["code"] == 130  # what the shell sees: 128 + SIGINT
+
+
+def _traceback(stderr: str) -> str:
+    """The traceback python printed: from its first line to the exception line before the report."""
+    start = stderr.index("Traceback (most recent call last):")
+    end = stderr.find("╭─ oomdoctor", start)
+    return stderr[start:end if end >= 0 else None].strip()
+
+
+@pytest.mark.parametrize("body", [
+    # an op that fails while the ledger watches every op (--exact): torch's dispatch frames
+    """
+    import torch
+    def train():
+        return torch.ones(3) @ torch.ones(4)
+    train()
+    """,
+    # an exception through a decorated step joined to the run, raised from another one
+    """
+    import oomdoctor, torch
+    @oomdoctor.watch
+    def step(i):
+        torch.ones(2, 2).requires_grad_().sum().backward()
+        if i == 1:
+            try:
+                {}["missing"]
+            except KeyError as exc:
+                raise ValueError("bad step") from exc
+    for i in range(2):
+        step(i)
+    """,
+])
+def test_tracebacks_are_the_ones_python_prints(tmp_path: Path, body: str):
+    _script(tmp_path, "fails.py", body)
+    plain = run_python("fails.py", cwd=tmp_path)
+    doctor = run_cli("run", "--exact", "fails.py", cwd=tmp_path)
+    assert doctor.returncode == plain.returncode == 1
+    def lines(text: str) -> list[str]:  # without the ^~~ markers under a line, which python may place differently
+        return [line for line in _traceback(text).splitlines() if not set(line.strip()) <= set("^~")]
+
+    assert lines(doctor.stderr) == lines(plain.stderr)
+    shown = "\n".join(lines(doctor.stderr))
+    assert "oomdoctor" not in shown and "torch/_" not in shown
+
+
+def test_an_exception_whose_str_raises_is_shown_like_python_and_reported(tmp_path: Path):
+    _script(tmp_path, "weird.py", """
+        class Weird(Exception):
+            def __str__(self):
+                raise RuntimeError("no str")
+        raise Weird()
+    """)
+    plain = run_python("weird.py", cwd=tmp_path)
+    doctor = run_cli("run", "--json", "r.json", "weird.py", cwd=tmp_path)
+    assert doctor.returncode == plain.returncode == 1
+    assert _traceback(doctor.stderr) == plain.stderr.strip()
+    assert json.loads((tmp_path / "r.json").read_text())["exit"] == {
+        "code": 1, "exception": "Weird: <exception str() failed>"}
