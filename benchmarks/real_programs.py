@@ -292,6 +292,18 @@ sys.meta_path.insert(0, _TorchvisionOps())
 '''
 
 
+def lint(programs: list[Program], examples: Path, env: dict[str, str]) -> list[str]:
+    """`oomdoctor lint` of the programs' scripts: one line per finding, to judge by hand."""
+    scripts = sorted({program.script for program in programs})
+    proc = subprocess.run([sys.executable, "-m", "oomdoctor", "lint", "--json", *scripts],
+                          cwd=examples, env=env, capture_output=True, text=True, timeout=600)
+    try:
+        findings = json.loads(proc.stdout)["findings"]
+    except (ValueError, KeyError):
+        return [f"lint gave no JSON (exit {proc.returncode}): {proc.stderr.strip()[-200:]}"]
+    return [f"{f['file']}:{f['line']} {f['kind']}: {f['before']}" for f in findings]
+
+
 def print_table(rows: list[dict[str, Any]]) -> None:
     columns = list(rows[0])
     widths = {c: max(len(c), *(len(str(r[c])) for r in rows)) for c in columns}
@@ -350,6 +362,11 @@ def main() -> int:
         print(f"  - {line}")
     for line in skipped:
         print(f"  skipped {line}")
+    chosen = [p for p in PROGRAMS if not args.only or any(p.name.startswith(o) for o in args.only.split(","))]
+    found = lint(chosen, args.examples, env)
+    print(f"\noomdoctor lint of these scripts: {len(found)} finding(s)")
+    for line in found:
+        print(f"  {line}")
     if not args.workdir:
         shutil.rmtree(work, ignore_errors=True)
     return 0
