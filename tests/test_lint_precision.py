@@ -299,3 +299,26 @@ for x, y in loader:
     optimizer.step()
     outputs.append({k: v.detach() if torch.is_tensor(v) else log for k, v in log.items()})  # oomdoctor: retained-graph
 """)
+
+
+def test_a_step_method_called_on_a_module_returns_its_graph():
+    # packnet-sfm's trainer keeps the dict `module.training_step(...)` returns; its fix detaches the loss
+    source = TRAIN + """
+class Net(nn.Module):
+    def training_step(self, batch, i):
+        loss = criterion(self.net(batch[0]), batch[1])
+        return {"loss": loss, "i": i}
+
+def fit(module, loader):
+    outputs = []
+    for i, batch in enumerate(loader):
+        output = module.training_step(batch, i)
+        output["loss"].backward()
+        optimizer.step()
+        outputs.append(output)FIX
+    return outputs
+"""
+    check(source.replace("FIX", "  # oomdoctor: retained-graph"))
+    check(source.replace("FIX", "").replace('        outputs.append(output)',
+                                        '        output["loss"] = output["loss"].detach()\n'
+                                        '        outputs.append(output)'))

@@ -204,7 +204,9 @@ class Scope(Values):
             self.bind(target.value, graph, value)
         elif isinstance(target, ast.Subscript):  # `d[k] = v`: the container now holds v
             held = holder(target)
-            if held:
+            if held and not graph and held in expr_keys(value):
+                self.env[held] = False  # `out["loss"] = out["loss"].detach()`: its graph entry, cut
+            elif held:
                 self.env[held] = self.env.get(held, False) or graph
         elif key(target):
             k = key(target)

@@ -12,7 +12,7 @@ import ast
 from .env import Env
 from .facts import FileFacts
 from .syntax import (COMPUTE_BUILTINS, CONTAINER_BUILTINS, CONTAINER_METHODS, DETACHING, LOSS_NAME, MODEL_NAME,
-                     NUMBER_BUILTINS, PLAIN_ATTRS, REDUCTIONS, TORCH_FACTORIES, TORCH_ROOTS, VERB, holder, key,
+                     NUMBER_BUILTINS, PLAIN_ATTRS, REDUCTIONS, TORCH_FACTORIES, TORCH_ROOTS, TRAIN_CALL, VERB, holder, key,
                      lossy_value, name, target_keys)
 
 
@@ -83,7 +83,8 @@ class Values:
             return False
         if isinstance(func, ast.Name) and called in NUMBER_BUILTINS:
             return False
-        if called in self.facts.returns_graph and (isinstance(func, ast.Name) or key(func.value) == "self"):
+        if called in self.facts.returns_graph and (isinstance(func, ast.Name) or key(func.value) == "self"
+                                                   or TRAIN_CALL.match(called)):  # `module.training_step(b)`
             return self.grad is not False
         if self.is_forward(call) or self.is_loss_call(call) and not _functional(func):
             return self.grad is not False  # a criterion object: assume what it is given carries a graph
