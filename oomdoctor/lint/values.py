@@ -12,8 +12,8 @@ import ast
 from .env import Env
 from .facts import FileFacts
 from .syntax import (COMPUTE_BUILTINS, CONTAINER_BUILTINS, CONTAINER_METHODS, DETACHING, LOSS_NAME, MODEL_NAME,
-                     NUMBER_BUILTINS, PLAIN_ATTRS, REDUCTIONS, TORCH_FACTORIES, TORCH_ROOTS, TRAIN_CALL, VERB, holder, key,
-                     lossy_value, name, target_keys)
+                     NUMBER_BUILTINS, PLAIN_ATTRS, REDUCTIONS, TORCH_FACTORIES, TORCH_ROOTS, TRAIN_CALL, VERB,
+                     holder, key, lossy_value, name, target_keys)
 
 
 class Values:
