@@ -124,6 +124,9 @@ def _find_module(name: str) -> None:
                 break
             spec = importlib.machinery.PathFinder.find_spec(".".join(parts[:depth + 1]),
                                                            list(spec.submodule_search_locations))
+        if spec is not None and spec.submodule_search_locations is not None:  # a package runs its __main__
+            if importlib.machinery.PathFinder.find_spec(f"{name}.__main__", list(spec.submodule_search_locations)) is None:
+                raise BadInput(f"no module named '{name}.__main__'; {name!r} is a package and cannot be run directly")
     except (ImportError, ValueError):
         spec = None
     if spec is None:

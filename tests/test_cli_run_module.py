@@ -91,3 +91,14 @@ def test_an_unknown_module_is_one_line_and_runs_nothing(tmp_path: Path):
     assert result.returncode == 2
     assert result.stderr.strip() == "oomdoctor: error: no module named 'mypkg.nope'"
     assert not (proj / "imported").exists()  # the package's __init__ did not run outside the session
+
+
+def test_a_package_runs_its_main_and_one_without_is_one_line(tmp_path: Path):
+    proj = _project(tmp_path)
+    result = _oomdoctor("run", "-m", "mypkg", cwd=proj)
+    assert result.returncode == 2
+    assert result.stderr.startswith("oomdoctor: error: no module named 'mypkg.__main__'")
+    (proj / "mypkg" / "__main__.py").write_text(SHOWARGS)
+    plain = run_python("-m", "mypkg", "x", cwd=proj)
+    doctor = _oomdoctor("run", "-q", "-m", "mypkg", "x", cwd=proj)
+    assert json.loads(doctor.stdout) == json.loads(plain.stdout)
