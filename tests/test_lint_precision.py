@@ -322,3 +322,28 @@ def fit(module, loader):
     check(source.replace("FIX", "").replace('        outputs.append(output)',
                                         '        output["loss"] = output["loss"].detach()\n'
                                         '        outputs.append(output)'))
+
+
+def test_a_local_function_that_runs_the_forward_is_a_forward():
+    # fairchem's trainer validates through `self._forward(batch)`; a local step that also
+    # back-propagates is not a forward
+    check(TRAIN + """
+class Trainer:
+    def _forward(self, batch):
+        return self.model(batch["x"])
+
+    def forward(self, batch):
+        loss = criterion(self.model(batch["x"]), batch["y"])
+        loss.backward()
+        return loss
+
+    def validate(self, loader):
+        self.model.eval()
+        total = 0.0
+        for batch in loader:
+            out = self._forward(batch)  # oomdoctor: missing-no-grad
+            total += (out - batch["y"]).abs().sum().item()
+        for batch in loader:
+            total += self.forward(batch).item()
+        return total
+""")

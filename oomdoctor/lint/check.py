@@ -55,6 +55,8 @@ def _analyse(facts: FileFacts) -> list[LintFinding]:
     for scope in scopes:  # the first round learns which local functions return a graph...
         scope.run()
     facts.returns_graph = {scope.node.name for scope in scopes if scope.returns_graph}
+    facts.forwards = {scope.node.name for scope in scopes if scope.returns_graph and scope.runs_forward} - \
+        facts.does_backward  # a function that also back-propagates is a training step, not a forward
     for scope in scopes:  # ...and only a scope that calls one of them can see anything new
         if scope.called & facts.returns_graph:
             scope.run()

@@ -2,8 +2,8 @@
 
 Contract: `FileFacts(tree, source, file)` computes, once per file, which names hold modules or loss
 modules, which local functions back-propagate or run only under no_grad, which holders ever shrink;
-it also owns the source text (exact snippets by AST position, loop headers). `returns_graph` is
-filled in by the caller between rounds of the walk.
+it also owns the source text (exact snippets by AST position, loop headers). `returns_graph` and
+`forwards` are filled in by the caller between rounds of the walk.
 """
 from __future__ import annotations
 
@@ -46,7 +46,8 @@ class FileFacts:
         self.no_grad_functions = self._no_grad_functions()
         self.shrunk = self._shrunk()
         self.frozen = self._frozen()
-        self.returns_graph: set[str] = set()
+        self.returns_graph: set[str] = set()  # local functions that return a graph (learnt by the walk)
+        self.forwards: set[str] = set()  # ...of a forward they run: `def _forward(self, b): return self.model(b)`
         self._memo: dict[tuple, object] = {}
 
     def scopes(self, node=None, prefix: tuple[str, ...] = (), cls: ast.ClassDef | None = None) -> list:

@@ -66,6 +66,7 @@ class Scope(Values):
         self.findings: dict[tuple[str, int], LintFinding] = {}
         self.rules = [rule(self) for rule in RULES]
         self.returns_graph = False
+        self.runs_forward = False  # a model's forward runs here (with gradients on, or maybe on)
         self.block(self.node.body)
         for rule in self.rules:
             rule.finish()
@@ -221,7 +222,10 @@ class Scope(Values):
                 self.eval_mode = True
             elif isinstance(n.func, ast.Attribute) and n.func.attr == "train":
                 self.eval_mode = is_false(first_arg(n))
-            elif self.grad is True and self.is_forward(n):
+            elif self.grad is not False and self.is_forward(n):
+                self.runs_forward = True
+                if self.grad is not True:
+                    continue  # decided at run time: no rule can tell
                 loop = self.evaluation_loop()
                 if loop is not None:
                     loop.unguarded = True

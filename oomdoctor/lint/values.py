@@ -117,6 +117,8 @@ class Values:
         if isinstance(func, ast.Attribute) and called == "forward":
             return key(func.value) in facts.modules or key(func.value) == "self" or \
                 bool(MODEL_NAME.search(name(func.value)))
+        if called in facts.forwards and (isinstance(func, ast.Name) or key(func.value) == "self"):
+            return True  # a local function that runs a forward and returns its output
         if called in facts.functions or called[:1].isupper() and called not in ("G", "D") or VERB.match(called):
             return False  # local functions have summaries; CamelCase builds an object
         return bool(MODEL_NAME.search(called))
