@@ -16,21 +16,23 @@ import contextlib
 import os
 import sys
 import time
-import traceback
 from typing import Any
 
 import torch
 
-from .core.build import build_report
-from .core.clock import OpenStep, StepClock
+from .core import failure, malloc
+from .core.build import build_report, write_memory_viz
+from .core.clock import StepClock
 from .core.hooks import HookSet, StepLimitReached
 from .core.memory import MemoryMeter
 from .core.sampling import SAMPLE_EVERY, Sampler
+from .core.steps import StepLog
 from .core.timeline import Timeline
 from .probes import cuda, default_probes
+from .oom import is_oom
 from .probes.events import AllocationRecorder
 from .probes.ledger import Ledger
-from .report.model import Report, Step
+from .report.model import Report
 
 __all__ = ["Session", "StepLimitReached"]
 
@@ -89,14 +91,15 @@ class Session:
         self.probes: list[Any] = default_probes()
         self.hooks = HookSet(self, self.ledger, self._category_now)
         self._sampler = Sampler(always=self.exact, every=sample_every)
+        self.step_log = StepLog(self)
         self.meter = MemoryMeter(self.ledger, self.device, self.on_cuda, self._choose_exact,
-                                 self._outside_steps, self._record_step)
+                                 self.step_log.outside, self.step_log.record)
         self.clock = StepClock(self.meter)
         self.started_at = 0.0
         self.pid = os.getpid()
         self._report: Report | None = None
         self._running = False
-        self._stopping = False
+        self.stopping = False
         self._phases: list[str] = []
 
     # -- lifecycle -----------------------------------------------------------------------------
@@ -115,7 +118,7 @@ class Session:
         try:
             self.hooks.install()
             if self.on_cuda:
-                self._install_cuda()
+                cuda.install(self)
             for probe in self.probes:
                 probe.start(self)
                 self.hooks.on_remove(probe.stop)
@@ -129,14 +132,14 @@ class Session:
         if self._report is not None:
             return self._report
         self.stop_after_steps = None  # the last step must not stop the stop
-        self._stopping = True
+        self.stopping = True
         if exc is not None:
             self.record_exception(exc)
         try:
             self.clock.finish()
         except Exception as err:
             self.warn(f"internal error while closing the last step: {err!r}")
-        self._write_memory_viz()
+        write_memory_viz(self)
         self.hooks.remove()
         self._running = False
         if Session._active is self:
@@ -185,8 +188,19 @@ class Session:
         return self.hooks.sampling
 
     @property
+    def phases(self) -> list[str]:
+        """What runs now, innermost last: "forward", "backward", "optimizer"."""
+        return self._phases
+
+    @property
     def step_index(self) -> int | None:
         return self.clock.open.index if self.clock.open is not None else None
+
+    @property
+    def totals_measured(self) -> bool:
+        """Every step's start and end bytes are measured (not estimated): CUDA's allocator, the
+        ledger on every op, or the C heap on CPU (core/malloc.py)."""
+        return self.on_cuda or self.exact or malloc.available()
 
     @property
     def callbacks(self) -> int:
@@ -199,7 +213,6 @@ class Session:
         if new_bytes and self.clock.open is not None and self.timeline.steps_total == 0:
             self.clock.open.start_bytes += new_bytes  # they were there before the first step
         self._push("forward")
-        self.clock.forward_start()
         if args and isinstance(args[0], torch.Tensor) and args[0].dim() > 0:
             self.timeline.batch_size = int(args[0].shape[0])  # for the batch-size remedy
         self.meter.point()
@@ -245,44 +258,6 @@ class Session:
         self.hooks.per_op(exact)
         return exact
 
-    def _record_step(self, step: OpenStep) -> None:
-        """A step closed: keep it, tell the probes, stop the run if asked to."""
-        end = step.end_bytes if step.end_bytes is not None else self.meter.current_bytes()
-        end_time = step.end_time if step.end_time is not None else time.perf_counter()
-        record = Step(
-            index=step.index,
-            start_bytes=step.start_bytes,
-            peak_bytes=max(step.peak, step.start_bytes, end),
-            end_bytes=end,
-            duration_s=round(end_time - step.start_time, 6),
-            by_category=dict(step.peak_by_category),
-            exact=step.exact and not step.estimated_peak,
-        )
-        t = self.timeline
-        t.add(record)
-        t.note_peak(record.peak_bytes, record.by_category, record.index, estimated=not record.exact)
-        if record.exact and t.batch_size:
-            # What the batch costs: the step's peak beyond parameters and optimizer state. Counting
-            # gradients in (backward's temporaries are among them) errs on the safe side.
-            live = self.ledger.by_category
-            fixed = live["parameters"] + live["optimizer_state"]
-            t.per_sample_bytes = max(t.per_sample_bytes, max(0, record.peak_bytes - fixed) / t.batch_size)
-        for probe in self.probes:
-            probe.step_end(self, record)
-        if self.stop_after_steps is not None and t.steps_total >= self.stop_after_steps:
-            raise StepLimitReached(f"stopped after {t.steps_total} steps")
-
-    def _outside_steps(self, step: OpenStep) -> None:
-        """A peak outside any step: before the first, between marked steps, after the last."""
-        t = self.timeline
-        if t.steps_total == 0:
-            where = "before the first step"
-        elif self._stopping:
-            where = f"after the last step (step {t.steps()[-1].index}): evaluation or saving, say"
-        else:
-            where = f"between steps {t.steps()[-1].index} and {t.steps()[-1].index + 1}"
-        t.note_peak(step.peak, step.peak_by_category, None, where, step.estimated_peak or not step.exact)
-
     # -- phases --------------------------------------------------------------------------------
     def _push(self, phase: str) -> None:
         if len(self._phases) < _MAX_PHASES:
@@ -295,64 +270,13 @@ class Session:
     def _category_now(self) -> str:
         return _PHASE_CATEGORY.get(self._phases[-1], "other") if self._phases else "other"
 
-    # -- CUDA and snapshots --------------------------------------------------------------------
-    def _install_cuda(self) -> None:
-        index = self.device.index if self.device.index is not None else torch.cuda.current_device()
-        self.device = self.meter.device = torch.device("cuda", index)
-        total = torch.cuda.get_device_properties(index).total_memory
-        self.timeline.capacity = self.capacity or total
-        if self.capacity is not None:
-            torch.cuda.set_per_process_memory_fraction(min(1.0, self.capacity / total), index)
-            self.hooks.on_remove(lambda: torch.cuda.set_per_process_memory_fraction(1.0, index))
-        torch.cuda.reset_peak_memory_stats(index)
-        if self.history:
-            try:
-                cuda.start_history()
-                self.hooks.on_remove(cuda.stop_history)
-            except Exception as exc:  # private API: absent or changed in some versions
-                self.warn(f"allocation history not recorded ({exc!r})")
-                self.history = False
-
-    def _write_memory_viz(self) -> None:
-        if not self.memory_viz:
-            return
-        try:
-            if self.on_cuda:
-                cuda.dump_snapshot(self.memory_viz)
-            elif self.recorder is not None:
-                from .gpu.memviz import write_snapshot
-
-                write_snapshot(self.recorder, self.memory_viz)
-            self.notes.append(f"memory snapshot: {self.memory_viz} (open it at https://pytorch.org/memory_viz)")
-        except Exception as exc:
-            self.warn(f"memory snapshot not written to {self.memory_viz} ({exc!r})")
-
-    # -- exceptions and OOM --------------------------------------------------------------------
+    # -- snapshots and failures ----------------------------------------------------------------
     def record_exception(self, exc: BaseException) -> None:
         """Remember how the run ended, while the failed frames (and their tensors) are alive."""
         if self.timeline.exception is not None or isinstance(exc, StepLimitReached):
             return
-        frames = [
-            {"file": f.filename, "line": f.lineno, "function": f.name, "code": f.line}
-            for f in traceback.extract_tb(exc.__traceback__)
-        ]
-        message = _message(exc)
-        self.timeline.exception = {
-            "type": type(exc).__name__,
-            "message": message.splitlines()[0] if message else "",
-            "frames": frames,
-            "phase": _phase_of(frames) or (self._phases[-1] if self._phases else "other"),
-            "step": self.step_index,
-            "live_bytes": self.meter.current_bytes(),
-            "by_category": self.meter.live_by_category(),
-            "largest": [
-                {"bytes": e.nbytes, "category": e.category, "step": e.step,
-                 "site": None if e.site is None else vars(e.site)}
-                for e in self.ledger.largest(5)
-            ],
-            "allocator": cuda.allocator_stats(self.device) if self.on_cuda else None,
-        }
-        if self.on_cuda and self.history and self._running and _is_oom(exc):
+        self.timeline.exception = failure.describe(self, exc)
+        if self.on_cuda and self.history and self._running and is_oom(exc):
             try:
                 cuda.dump_snapshot(self.snapshot_path)
             except Exception as err:
@@ -379,38 +303,6 @@ class Session:
             print(line, file=sys.stderr)
 
     _warn = warn  # the probes' name for it
-
-
-_TORCH = os.path.dirname(torch.__file__)
-
-
-def _is_oom(exc: BaseException) -> bool:
-    from .oom import is_oom
-
-    return is_oom(exc)
-
-
-def _message(exc: BaseException) -> str:
-    """str(exc), also for an exception whose __str__ raises."""
-    try:
-        return str(exc).strip()
-    except Exception:
-        return f"<{type(exc).__name__}: str() failed>"
-
-
-def _phase_of(frames: list[dict[str, Any]]) -> str | None:
-    """Where a failure happened, from its traceback (the phase stack is unwound by then)."""
-    for frame in reversed(frames):
-        name = frame["file"]
-        if not name.startswith(_TORCH):
-            continue
-        if "/optim/" in name:
-            return "optimizer"
-        if "/autograd/" in name and "backward" in frame["function"]:
-            return "backward"
-        if "/nn/modules/" in name:
-            return "forward"
-    return None
 
 
 def _default_device() -> torch.device:

@@ -42,6 +42,23 @@ def build_report(session: "Session", exit_code: int | None) -> Report:
     )
 
 
+def write_memory_viz(session: "Session") -> None:
+    """`--memory-viz PATH`: a snapshot pytorch.org/memory_viz opens, from the CUDA allocator or,
+    on CPU, from the ledger's allocation events."""
+    if not session.memory_viz:
+        return
+    try:
+        if session.on_cuda:
+            cuda.dump_snapshot(session.memory_viz)
+        elif session.recorder is not None:
+            from ..gpu.memviz import write_snapshot
+
+            write_snapshot(session.recorder, session.memory_viz)
+        session.notes.append(f"memory snapshot: {session.memory_viz} (open it at https://pytorch.org/memory_viz)")
+    except Exception as exc:
+        session.warn(f"memory snapshot not written to {session.memory_viz} ({exc!r})")
+
+
 def accounting(session: "Session") -> str:
     if session.on_cuda:
         return "cuda-allocator"

@@ -89,7 +89,6 @@ class StepClock:
         self.next_index = 0
         self.last_stepped: frozenset[int] | None = None  # optimizers of the last closed step
         self.backward_since_optimizer = False
-        self.next_forward_prepares = False
 
     # -- events --------------------------------------------------------------------------------
     def start(self) -> None:
@@ -129,15 +128,11 @@ class StepClock:
         self.meter.take_peak(step)
         step.stepped.add(optimizer_id)
         step.end_time = self.now()
-        self.next_forward_prepares = True
-
-    def forward_start(self) -> None:
-        """A root forward starts. After an optimizer step it is the next step's forward, which
-        runs before this step is known to be over (at the next optimizer step): from here on,
-        measure the way the next step will be measured."""
-        if self.next_forward_prepares and not self.explicit:
-            self.next_forward_prepares = False
-            self.meter.prepare(self.next_index)
+        # The next step's forward and backward run before this step is known to be over (at the
+        # next optimizer step): from here on, measure the way the next step will be measured.
+        # (Not at the next forward: a module hook may run inside compiled code, where switching
+        # the per-op view would leave PyTorch's dispatcher inconsistent.)
+        self.meter.prepare(self.next_index)
 
     def backward_end(self) -> None:
         if self.in_optimizer:

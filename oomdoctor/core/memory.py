@@ -230,8 +230,10 @@ class MemoryMeter:
                             continue
                         if full:
                             track(grad, "gradients")
-                        elif id(grad.untyped_storage()) not in entries:
-                            grad_bytes += grad.untyped_storage().nbytes()
+                            continue
+                        storage = getattr(grad, "_local_tensor", grad).untyped_storage()  # FSDP: the shard
+                        if id(storage) not in entries:
+                            grad_bytes += storage.nbytes()
                 state = optimizer.state
                 if full or self._state_sizes.get(id(optimizer)) != len(state):
                     self._state_sizes[id(optimizer)] = len(state)

@@ -8,7 +8,7 @@ The decision depends on the step index only, never on the device.
 """
 from __future__ import annotations
 
-WARMUP_STEPS = 3
+WARMUP_STEPS = 4
 SAMPLE_EVERY = 32
 
 

@@ -62,6 +62,26 @@ def snapshot_next_to(json_path: str | None) -> str:
     return f"oomdoctor-oom-snapshot-{os.getpid()}.pickle"
 
 
+def install(session: Any) -> None:
+    """Watch a CUDA device: its capacity (or the simulated one, as the per-process memory
+    fraction), a fresh peak, and the allocation history when asked for."""
+    index = session.device.index if session.device.index is not None else torch.cuda.current_device()
+    session.device = session.meter.device = torch.device("cuda", index)
+    total = torch.cuda.get_device_properties(index).total_memory
+    session.timeline.capacity = session.capacity or total
+    if session.capacity is not None:
+        torch.cuda.set_per_process_memory_fraction(min(1.0, session.capacity / total), index)
+        session.hooks.on_remove(lambda: torch.cuda.set_per_process_memory_fraction(1.0, index))
+    torch.cuda.reset_peak_memory_stats(index)
+    if session.history:
+        try:
+            start_history()
+            session.hooks.on_remove(stop_history)
+        except Exception as exc:  # private API: absent or changed in some versions
+            session.warn(f"allocation history not recorded ({exc!r})")
+            session.history = False
+
+
 def device_view(device: torch.device, reserved_peak: int) -> tuple[dict[str, Any], str | None]:
     """PyTorch's reserved bytes beside what NVML sees in use, and the note explaining the gap."""
     from ..gpu.nvml import NoDriver, nvml_gap_note, read_gpus

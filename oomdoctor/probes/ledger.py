@@ -167,6 +167,13 @@ class LedgerMode(TorchDispatchMode):
         self.ledger = ledger
         self.category_now = category_now
 
+    @classmethod
+    def ignore_compile_internals(cls) -> bool:
+        """`torch.compile` traces as if this mode were not there (a mode it sees makes dynamo
+        skip the frame for good), and the compiled code's allocations still pass through it at
+        run time: a compiled model is measured compiled."""
+        return True
+
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         __tracebackhide__ = True  # pytest and IPython hide this frame from the user's traceback
         out = func(*args, **(kwargs or {}))

@@ -1,0 +1,66 @@
+"""How a run ended: the exception, where it happened and what was live then.
+
+Recorded while the failed frames (and their tensors) are still alive; the OOM detector and the
+report read it from `timeline.exception`.
+"""
+from __future__ import annotations
+
+import os
+import traceback
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from ..probes import cuda
+
+if TYPE_CHECKING:
+    from ..session import Session
+
+_TORCH = os.path.dirname(torch.__file__)
+
+
+def describe(session: "Session", exc: BaseException) -> dict[str, Any]:
+    frames = [
+        {"file": f.filename, "line": f.lineno, "function": f.name, "code": f.line}
+        for f in traceback.extract_tb(exc.__traceback__)
+    ]
+    message = message_of(exc)
+    phases = session.phases
+    return {
+        "type": type(exc).__name__,
+        "message": message.splitlines()[0] if message else "",
+        "frames": frames,
+        "phase": _phase_of(frames) or (phases[-1] if phases else "other"),
+        "step": session.step_index,
+        "live_bytes": session.meter.current_bytes(),
+        "by_category": session.meter.live_by_category(),
+        "largest": [
+            {"bytes": e.nbytes, "category": e.category, "step": e.step,
+             "site": None if e.site is None else vars(e.site)}
+            for e in session.ledger.largest(5)
+        ],
+        "allocator": cuda.allocator_stats(session.device) if session.on_cuda else None,
+    }
+
+
+def message_of(exc: BaseException) -> str:
+    """str(exc), also for an exception whose __str__ raises."""
+    try:
+        return str(exc).strip()
+    except Exception:
+        return f"<{type(exc).__name__}: str() failed>"
+
+
+def _phase_of(frames: list[dict[str, Any]]) -> str | None:
+    """Where a failure happened, from its traceback (the phase stack is unwound by then)."""
+    for frame in reversed(frames):
+        name = frame["file"]
+        if not name.startswith(_TORCH):
+            continue
+        if "/optim/" in name:
+            return "optimizer"
+        if "/autograd/" in name and "backward" in frame["function"]:
+            return "backward"
+        if "/nn/modules/" in name:
+            return "forward"
+    return None
