@@ -99,6 +99,20 @@ def test_a_peak_that_changes_phase_is_still_exact_and_never_costs_more_than_a_bi
     assert result.measured_trials <= 2 + 17  # the probes, then at worst a binary search of 1..65536
 
 
+@CASES
+@given(target=log_maxima, fixed=st.integers(0, 10**10), share=st.sampled_from([0.01, 0.1, 0.5, 0.9, 1.0]),
+       room=st.integers(10**6, 10**12))
+def test_a_b_squared_term_in_the_moments_is_seen_however_small_next_to_the_fixed_part(target, fixed, share, room):
+    # GIVEN backward's moment with a b x b matrix and a lower moment without, both reported
+    quad = max(1, int(room * share / target**2))
+    per_sample = int(room * (1 - share) / target)
+    device = Device(None, fixed + room, moments=lambda b: (fixed + per_sample * b + quad * b * b,
+                                                           fixed // 2 + per_sample * b))
+    result = search(device, capacity=device.capacity)
+    assert result.max_batch_size == device.truth()
+    assert result.measured_trials <= 6
+
+
 def phase_lines(fixed: int, per_sample: int, flat: float, at: int):
     """Bytes at the optimizer step's peak (weights-sized temporaries, a little per sample) and at
     backward's (activations): the larger is the run's peak, and it moves at `at`."""

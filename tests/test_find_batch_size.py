@@ -179,3 +179,23 @@ def test_on_a_terminal_progress_is_a_live_line_naming_the_running_trial():
     # THEN the running trial was shown live, and its outcome stays as a line
     assert "trial 1, batch size 7" in output
     assert "oomdoctor: batch size 7: fits, peak 6.84 KiB, 700 samples/s (0.5 s)" in output
+
+
+def test_two_sizes_moments_predict_a_third_sizes_peak_exactly():
+    # GIVEN the same training at three batch sizes, each with its moments recorded (the bytes at
+    # each local peak of the run, in program order)
+    from oomdoctor.batch.curves import Point, fit
+    from oomdoctor.batch.moments import PeakMoments
+
+    def measure(batch_size: int) -> Point:
+        with oomdoctor.track(capacity=64 * MIB, device="cpu", quiet=True) as session, PeakMoments() as moments:
+            train(batch_size, steps=2)
+        return Point(batch_size, session.report().peak_bytes, tuple(moments.values))
+
+    small, medium, large = measure(2), measure(40), measure(700)
+    # THEN the same program makes the same moments, and their lines through two sizes give the
+    # third size's peak to the byte, though the peak moved from one moment to another
+    assert len(small.moments) == len(medium.moments) == len(large.moments) > 2
+    assert max(small.moments) == small.peak and max(large.moments) == large.peak
+    assert small.moments.index(small.peak) != large.moments.index(large.peak)
+    assert fit([small, medium], bent=False).peak(700) == large.peak

@@ -98,25 +98,28 @@ def steepest(p: tuple[int, int], q: tuple[int, int]) -> Envelope:
     return Envelope([Curve(Fraction(0), Fraction(p[1], p[0]) - quadratic * p[0], quadratic)])
 
 
-def series(points: Sequence[Point]) -> list[tuple[int, ...]]:
-    """Values to fit, one tuple per series, a value per point: the run's peak, and each moment
-    where every point recorded the same number of them (the same program, other sizes)."""
+def series(points: Sequence[Point], peak: bool = True) -> list[tuple[int, ...]]:
+    """Values to fit, one tuple per series, a value per point: the run's peak (unless not `peak`),
+    and each moment where every point recorded the same number of them (the same program, other
+    sizes). Without moments, the peak alone."""
     values = [(p.peak,) for p in points]
     lengths = {len(p.moments) for p in points}
     if len(lengths) == 1 and lengths != {0}:
-        values = [(p.peak, *p.moments) for p in points]
+        values = [(p.peak, *p.moments) if peak else p.moments for p in points]
     return sorted(set(zip(*values)))  # the same values at every point: one curve
 
 
 def fit(points: Sequence[Point], bent: bool, valid_from: int | None = None) -> Envelope:
     """The envelope through the two largest points (lines), or the three largest (parabolas,
     `bent`): one curve per series. A series that bends down keeps its line: a concave fit would
-    promise ever more room. Lines that never lead from `valid_from` on (default: the largest
-    point) are left out: the envelope is exact from there only."""
+    promise ever more room. Where moments are fitted, parabolas leave the run's peak out: the
+    largest of the moments bends at each kink, and a parabola through a kink bends the wrong way.
+    Lines that never lead from `valid_from` on (default: the largest point) are left out: the
+    envelope is exact from there only."""
     top = sorted(points, key=lambda p: p.batch_size)[-3 if bent else -2:]
     sizes = [p.batch_size for p in top]
     pieces = []
-    for values in series(top):
+    for values in series(top, peak=not bent):
         xy = list(zip(sizes, values))
         curve = parabola(*xy) if bent else line(*xy)
         if curve.quadratic < 0:

@@ -39,7 +39,6 @@ class ScriptTrials:
         self.steps, self.capacity, self.gpu_budget = steps, capacity, gpu_budget
         self.reports: dict[int, dict[str, Any]] = {}  # batch size -> its report, as JSON data
         self.moments: dict[int, tuple[int, ...]] = {}  # batch size -> its moments, when recorded
-        self.on_trial = None  # called with each Trial as it completes (progress lines)
 
     def __call__(self, batch_size: int) -> Trial:
         report, code, stderr, seconds = self.run(batch_size, self.capacity)
@@ -64,8 +63,6 @@ class ScriptTrials:
             what = exception or f"exit code {code}"
             raise OomdoctorError(f"{self.script} failed at batch size {batch_size} with {what[:200]}; that is not "
                                  f"an out-of-memory error, so the search stopped (its output is above)")
-        if self.on_trial is not None:
-            self.on_trial(trial)
         return trial
 
     def _check_steps(self, report: dict[str, Any], stderr: str, batch_size: int) -> None:

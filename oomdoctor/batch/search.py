@@ -40,7 +40,7 @@ from dataclasses import dataclass, field
 from fractions import Fraction
 from typing import Callable
 
-from .curves import Curve, Envelope, Point, fit, parabola, steepest
+from .curves import Curve, Envelope, Point, fit, line, parabola, series, steepest
 
 SCHEMA = "oomdoctor.batch/1"
 DEFAULT_LOW = 1
@@ -288,8 +288,8 @@ class _Search:
         if placement.kind != "fit":
             return
         low_by_far = not fits or self.points[b].peak > expected * (1 + TOLERANCE)
-        # An OOM where the moments' lines promised room is rounding, not a bend (step 4).
-        rounding = not fits and self._moments_fitted()
+        # An OOM where rounded moments' lines promised room is rounding, not a bend (step 4).
+        rounding = not fits and self._rounding()
         if placement.curve.model == "linear" and low_by_far and not rounding:
             self._prefer_bent = True  # the line promised too much: the points bend
         elif placement.curve.model == "quadratic" and (low_by_far or self.points[b].peak < expected * (1 - TOLERANCE)):
@@ -332,7 +332,7 @@ class _Search:
             return self._place(math.floor(bound), expects_fit=math.floor(bound) > lo, kind="bound")
         curve = self.curve()
         size = curve.largest_fitting(self.capacity, lo, self.high)
-        if self._crept and self.smallest_oom is not None and hi <= lo + 2 and self._moments_fitted():
+        if self._crept and self.smallest_oom is not None and hi <= lo + 2 and self._rounding():
             # The fit's size fitted, yet the next is not ruled out, and the bracket is all but
             # closed: rounding tilts the moments' lines by a size or two, and the fit would creep
             # up one by one. Its top settles it when it fits.
@@ -340,10 +340,11 @@ class _Search:
         if size <= hi:
             return self._place(size, curve, kind="fit")
         # The fit promised a size that did not fit (step 4 of the module doc). Where the moments
-        # were fitted, the kinks are in the fit already and what is left is rounding (allocator
-        # blocks, per-size kernels), which tilts a line through close sizes: measure halfway, a
+        # were fitted and are rounded, the kinks are in the fit already and what is left is the
+        # rounding (allocator blocks), which tilts a line through close sizes: measure halfway, a
         # long base for the next fit; from a long base already, the error is a size or two.
-        if self._moments_fitted():
+        # Exact moments that overshot bend: as without moments.
+        if self._rounding():
             base = sorted(self.points)[-2]
             if lo - base >= hi - lo:  # a long base: the fit is off by a size or two, try the top
                 return self._place(hi, curve, kind="top")
@@ -360,6 +361,10 @@ class _Search:
         sizes = sorted(self.points)
         pair = [self.points[sizes[-2] if other is None else other], self.points[sizes[-1]]]
         return len({len(p.moments) for p in pair}) == 1 and bool(pair[0].moments)
+
+    def _rounding(self) -> bool:
+        """Are the fitted moments rounded (allocator blocks): lines that may be off by a block or two?"""
+        return self._moments_fitted() and _rounded(self.points[self.largest_fit])
 
     def _open_top(self) -> int:
         """The largest size not yet known to be too large."""
@@ -382,7 +387,10 @@ class _Search:
         if len(points) >= 3:
             bent = fit(points, bent=True)
             if bent.quadratic > 0:  # only what bends up: a concave fit would promise ever more room
-                if self._prefer_bent is None:
+                if self._prefer_bent is None and self._moments_fitted():
+                    if _bends(sorted(points, key=lambda p: p.batch_size)[-3:]):
+                        return bent
+                elif self._prefer_bent is None:
                     b, peak = sorted((p.batch_size, p.peak) for p in points)[-3]
                     below = fit(points, bent=False, valid_from=b)  # the same lines, down to b
                     if abs(float(below.peak(b)) - peak) > TOLERANCE * max(peak, 1):
@@ -395,3 +403,16 @@ class _Search:
 def _rounded(point: Point) -> bool:
     """Every recorded byte count a multiple of 512: sizes as the CUDA caching allocator rounds them."""
     return all(v % 512 == 0 for v in (point.peak, *point.moments))
+
+
+def _bends(points: list[Point]) -> bool:
+    """Do three sizes' moments bend: is the middle one below the chords of the outer two (each
+    moment's line through them) by more than 1 % of a sample's bytes, or half a sample's where
+    sizes are rounded? Moments are exact lines otherwise, so any more is a b^2 term, however
+    small next to the fixed part."""
+    low, middle, high = points
+    pieces = [line((low.batch_size, a), (high.batch_size, c)) for a, _, c in series(points, peak=False)]
+    chords = Envelope(pieces)  # moments only: their largest, the peak, bends at every kink
+    sample = (high.peak - low.peak) / (high.batch_size - low.batch_size)
+    share = 0.5 if _rounded(middle) else 0.01
+    return float(chords.peak(middle.batch_size)) - max(middle.moments) > share * sample

@@ -18,18 +18,18 @@ from .moments import PeakMoments
 
 def main(argv: list[str]) -> None:
     path, command = argv[0], argv[1:]
-    with PeakMoments() as moments:
-        try:
-            cli_main(command)
-        finally:
-            _write(path, moments)
+    moments = PeakMoments()
+    try:
+        with moments:
+            cli_main(command)  # exits (SystemExit) with the run's exit code
+    finally:
+        _write(path, moments.values)
 
 
-def _write(path: str, moments: PeakMoments) -> None:
-    moments.__exit__(None, None, None)  # restore the ledger first: nothing more to record
+def _write(path: str, values: list[int]) -> None:
     try:
         with open(path, "w", encoding="utf-8") as f:
-            json.dump(moments.values, f)
+            json.dump(values, f)
     except OSError:
         pass
 
