@@ -11,6 +11,7 @@ error: generated code is no place for these bugs) without being read whole.
 from __future__ import annotations
 
 import ast
+import gc
 import io
 import os
 import stat
@@ -33,21 +34,31 @@ class TooLarge(Exception):
 
 def lint_source(source: str, file: str = "<string>") -> list[LintFinding]:
     """Findings for one file's source text, in line order."""
+    # The AST and the walk's state make no reference cycles worth collecting; the cyclic collector
+    # would only rescan a heap that grows with the file (~15 % of the time on 100,000 lines).
+    collecting = gc.isenabled()
+    gc.disable()
     try:
-        tree = ast.parse(source, filename=file)
+        facts = FileFacts(_parse(source, file), source, file)
+        findings = _analyse(facts)
+    except RecursionError:
+        raise BadInput(f"{file}: code nested too deeply to analyse") from None
+    finally:
+        if collecting:
+            gc.enable()
+    kept = [f for f in findings if "oomdoctor: ignore" not in facts.lines[f.line - 1]]
+    return sorted(kept, key=lambda f: (f.line, f.kind))
+
+
+def _parse(source: str, file: str) -> ast.Module:
+    try:
+        return ast.parse(source, filename=file)
     except SyntaxError as exc:
         raise BadInput(f"{file}:{exc.lineno or 0}: cannot parse: {exc.msg}") from None
     except ValueError as exc:  # null bytes in the source
         raise BadInput(f"{file}: cannot parse: {exc}") from None
     except (RecursionError, MemoryError):  # python itself cannot compile such a file either
         raise BadInput(f"{file}: code nested too deeply to parse") from None
-    try:
-        facts = FileFacts(tree, source, file)
-        findings = _analyse(facts)
-    except RecursionError:
-        raise BadInput(f"{file}: code nested too deeply to analyse") from None
-    kept = [f for f in findings if "oomdoctor: ignore" not in facts.lines[f.line - 1]]
-    return sorted(kept, key=lambda f: (f.line, f.kind))
 
 
 def _analyse(facts: FileFacts) -> list[LintFinding]:
