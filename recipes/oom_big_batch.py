@@ -2,10 +2,12 @@
 
     oomdoctor run --capacity 40MiB recipes/oom_big_batch.py --batch-size 2000
 
-The run dies with a (simulated) OutOfMemoryError in the backward pass of step 1. oomdoctor reports
-an `oom` finding at the `loss.backward()` line with the phase, what was live by category, and the
-fixes ranked by the memory they save, among them a batch size that fits with 10 % headroom and the
-gradient-accumulation factor that keeps the effective batch. On a GPU, drop `--capacity`.
+The run dies with a (simulated) OutOfMemoryError in the backward pass of its first step (step 0).
+oomdoctor reports an `oom` finding at the `loss.backward()` line with the phase, what was live by
+category, and the fixes ranked by the memory they save: a batch size that fits with 10 % headroom
+and the gradient-accumulation factor whose product keeps the effective batch (1000 × 2 = 2000), and
+bf16 autocast and checkpointing shown on this script's own forward line. The fix:
+`recipes/oom_big_batch_fixed.py`. On a GPU, drop `--capacity`.
 """
 
 import argparse

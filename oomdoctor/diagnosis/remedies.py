@@ -2,7 +2,9 @@
 
 Pure: numbers in, ranked `Remedy`s out (largest saving first). Honest about what does not help:
 `torch.cuda.empty_cache()` frees only cached, unallocated blocks (it helps other processes and
-fragmentation, never live tensors), and `del` helps only for large tensors no longer used.
+fragmentation, never live tensors), and `del` helps only for a tensor one of the user's names
+keeps (never for activations saved for backward, which the autograd graph keeps). A saving that
+is not measured says it is an estimate and why; no remedy is offered twice.
 """
 from __future__ import annotations
 
@@ -12,6 +14,8 @@ from typing import Any
 
 from ..report.model import Remedy
 from ..sizes import format_bytes
+from . import forward_line
+from .forward_line import ForwardLine
 
 HEADROOM = 0.10  # keep this share of capacity free when recommending a batch size
 
@@ -28,11 +32,25 @@ class Situation:
     reserved_unallocated: int = 0  # CUDA: reserved by the allocator but not allocated
     per_sample_bytes: float = 0.0  # a completed step's peak beyond parameters, gradients, state
     trains: bool = True  # gradients will exist (an optimizer or backward was seen)
-    largest: list[dict[str, Any]] = field(default_factory=list)  # {bytes, category, site}
+    largest: list[dict[str, Any]] = field(default_factory=list)  # {bytes, category, site, holders?}
+    forward: ForwardLine | None = None  # the user's line that made the activations
+    device_type: str = "cuda"
+    step: int | None = None  # the step that was running when memory ran out
 
 
-def batch_that_fits(s: Situation) -> tuple[int, int] | None:
-    """(batch size, bytes saved), with peak(b) = fixed + per_sample * b, or None.
+@dataclass
+class BatchFit:
+    """A smaller batch that fits, and how many accumulation steps keep the effective batch."""
+
+    size: int  # the batch size to use
+    steps: int  # gradient-accumulation steps
+    largest: int  # the largest batch size that fits
+    per_sample: float  # bytes per sample the estimate used
+    saves: int
+
+
+def batch_that_fits(s: Situation) -> BatchFit | None:
+    """A batch size that fits, with peak(b) = fixed + per_sample * b, or None.
 
     per_sample: a completed step's peak beyond parameters, gradients and optimizer state, per
     sample (without one, a failed forward's partial activations plus the failed request: a lower
@@ -48,16 +66,56 @@ def batch_that_fits(s: Situation) -> tuple[int, int] | None:
     gradients = max(c.get("gradients", 0), c.get("parameters", 0) if s.trains else 0)
     fixed = c.get("parameters", 0) + gradients + c.get("optimizer_state", 0)
     budget = s.capacity * (1 - HEADROOM) - fixed
-    fits = min(s.batch_size - 1, math.floor(budget / per_sample))
-    if fits < 1:
+    largest = min(s.batch_size - 1, math.floor(budget / per_sample))
+    if largest < 1:
         return None
-    return fits, int((s.batch_size - fits) * per_sample)
+    size, steps = accumulation(s.batch_size, largest)
+    return BatchFit(size, steps, largest, per_sample, int((s.batch_size - size) * per_sample))
+
+
+def accumulation(batch: int, largest: int) -> tuple[int, int]:
+    """(size, steps), size <= largest. size * steps == batch (the effective batch is kept) when
+    a divisor of the batch needs at most twice the fewest steps; otherwise the fewest steps with
+    equal sizes, and the effective batch becomes size * steps (a little above the batch)."""
+    fewest = math.ceil(batch / largest)
+    for steps in range(fewest, 2 * fewest + 1):
+        if batch % steps == 0:
+            return batch // steps, steps
+    return math.ceil(batch / fewest), fewest
 
 
 def _partial_per_sample(s: Situation) -> float:
-    """A forward that failed half-way: its activations so far plus the request, per sample."""
+    """A pass that failed half-way: the activations so far plus the failed request (forward and
+    backward requests grow with the batch; an optimizer's do not), per sample."""
     c = s.by_category
-    return (c.get("activations", 0) + (s.requested or 0) * (s.phase == "forward")) / (s.batch_size or 1)
+    grows = s.phase in ("forward", "backward")
+    return (c.get("activations", 0) + (s.requested or 0) * grows) / (s.batch_size or 1)
+
+
+def _batch_remedy(s: Situation, fit: BatchFit) -> Remedy:
+    c = s.by_category
+    per_sample = format_bytes(fit.per_sample)
+    if s.per_sample_bytes >= _partial_per_sample(s):
+        cost = f"Measured: a completed step cost {per_sample} per sample beyond parameters and optimizer state."
+    else:
+        asked = f" plus the {format_bytes(s.requested)} asked for" if s.requested and s.phase != "optimizer" else ""
+        cost = (f"Estimated: {per_sample} per sample, the {format_bytes(c.get('activations', 0))} of activations "
+                f"live when the {s.phase} pass failed{asked}, over {s.batch_size} samples. A lower bound (no step "
+                "of this size completed): confirm with `oomdoctor batch`.")
+    effective = fit.size * fit.steps
+    keeps = (f"{fit.size} × {fit.steps} = {effective}: the effective batch stays {s.batch_size}."
+             if effective == s.batch_size else
+             f"The effective batch becomes {fit.size} × {fit.steps} = {effective} (now {s.batch_size}): no "
+             f"divisor of {s.batch_size} up to {fit.largest} splits it into few steps.")
+    return Remedy(
+        f"Use batch size {fit.size} and accumulate gradients over {fit.steps} steps (now {s.batch_size})",
+        fit.saves,
+        f"{cost} Up to {fit.largest} samples fit with {HEADROOM:.0%} of the capacity left free. {keeps} "
+        f"Saves {s.batch_size - fit.size} samples × {per_sample} (an estimate from that cost).",
+        before="loss.backward(); optimizer.step(); optimizer.zero_grad()",
+        after=f"(loss / {fit.steps}).backward()\nif (i + 1) % {fit.steps} == 0:\n"
+              "    optimizer.step(); optimizer.zero_grad()",
+    )
 
 
 def rank(s: Situation) -> list[Remedy]:
@@ -67,34 +125,9 @@ def rank(s: Situation) -> list[Remedy]:
     remedies: list[Remedy] = []
     fit = batch_that_fits(s)
     if fit:
-        size, saves = fit
-        steps = math.ceil(s.batch_size / size)
-        # Only a lower bound on the per-sample cost when no forward pass ever completed.
-        bound = s.phase == "forward" and s.per_sample_bytes <= _partial_per_sample(s)
-        title = (f"Use a batch size of at most {size} (now {s.batch_size}); confirm with `oomdoctor batch`"
-                 if bound else f"Use batch size {size} (now {s.batch_size})")
-        remedies.append(Remedy(
-            title, saves,
-            f"Activations cost ~{format_bytes(saves / (s.batch_size - size))} per sample; {size} leaves "
-            f"{HEADROOM:.0%} headroom. Accumulate gradients over {steps} steps to keep the effective batch "
-            f"of {s.batch_size}.",
-            before="loss.backward(); optimizer.step(); optimizer.zero_grad()",
-            after=f"(loss / {steps}).backward()\nif (i + 1) % {steps} == 0:\n    optimizer.step(); optimizer.zero_grad()",
-        ))
+        remedies.append(_batch_remedy(s, fit))
     if activations:
-        remedies.append(Remedy(
-            "Run the forward pass in bf16 autocast", activations // 2,
-            "Halves float32 activations; parameters and optimizer state stay float32.",
-            before="out = model(x)",
-            after="with torch.autocast(device_type='cuda', dtype=torch.bfloat16):\n    out = model(x)",
-        ))
-        remedies.append(Remedy(
-            "Checkpoint activations of the repeated blocks", activations // 2,
-            "Recomputes activations in backward instead of keeping them: roughly half or more of "
-            "them saved on deep models, for about one extra forward pass.",
-            before="x = block(x)",
-            after="x = torch.utils.checkpoint.checkpoint(block, x, use_reentrant=False)",
-        ))
+        remedies += _activation_remedies(s, activations)
     if gradients and s.phase == "forward":
         remedies.append(Remedy(
             "Free gradients before the forward pass: zero_grad(set_to_none=True)", gradients,
@@ -114,14 +147,66 @@ def rank(s: Situation) -> list[Remedy]:
             "Enough memory was reserved but free in pieces too small for the request: fragmentation, "
             "not size. Expandable segments let the allocator grow segments instead of splitting them.",
         ))
-    for tensor in s.largest:
-        site = tensor.get("site")
-        if tensor.get("category") in ("other", "activations") and site and tensor["bytes"] >= 0.1 * sum(c.values()):
-            remedies.append(Remedy(
-                f"`del` the {format_bytes(tensor['bytes'])} tensor from {site['file']}:{site['line']} once used",
-                tensor["bytes"],
-                "Only helps if nothing uses it any more: `del` frees a tensor when its last reference goes. "
-                "torch.cuda.empty_cache() would not: it frees cached blocks, never live tensors.",
-            ))
+    remedies += _del_remedies(s)
     remedies.sort(key=lambda r: r.saves_bytes or 0, reverse=True)
-    return remedies
+    unique = {(r.title, r.before, r.after): r for r in reversed(remedies)}  # the first of equals stays
+    return [r for r in remedies if unique.get((r.title, r.before, r.after)) is r]
+
+
+def _activation_remedies(s: Situation, activations: int) -> list[Remedy]:
+    """Autocast and checkpointing, shown on the user's own forward line when it is known."""
+    fwd = s.forward
+    where = f" Your forward: {_short(fwd.file)}:{fwd.line}." if fwd else " Wrap the line that calls your model."
+    autocast = Remedy(
+        "Run the forward pass in bf16 autocast", activations // 2,
+        f"Saves about half of the {format_bytes(activations)} of activations (an estimate: bf16 stores 2 bytes "
+        "a value where float32 stores 4, and what autocast keeps in float32, such as softmax, norms and "
+        "losses, saves nothing). Parameters and optimizer state stay float32." + where,
+        before=fwd.code if fwd else None,
+        after=forward_line.autocast(fwd, s.device_type) if fwd else None,
+    )
+    estimate = (f"about half of the {format_bytes(activations)} of activations saved (an estimate: it "
+                "depends on how the blocks split the model), for about one extra forward pass")
+    rewritten = forward_line.checkpoint(fwd) if fwd else None
+    if fwd and fwd.in_module:
+        title = f"Checkpoint the block at {_short(fwd.file)}:{fwd.line}"
+        detail = f"Recomputes its activations in backward instead of keeping them: {estimate}."
+    elif rewritten:
+        title = f"Checkpoint the model in {forward_line.SEGMENTS} segments"
+        detail = (f"For an nn.Sequential model: only the segments' boundaries are kept and each segment is "
+                  f"recomputed in backward: {estimate}. Other models: checkpoint the blocks inside their "
+                  "forward (`torch.utils.checkpoint.checkpoint(block, x, use_reentrant=False)`; Hugging Face "
+                  "models: `model.gradient_checkpointing_enable()`).")
+    else:
+        title = "Checkpoint activations of the repeated blocks"
+        detail = (f"Recomputes activations in backward instead of keeping them: {estimate}. In the model's "
+                  "forward: `x = torch.utils.checkpoint.checkpoint(block, x, use_reentrant=False)`.")
+    checkpoint = Remedy(title, activations // 2, detail, before=fwd.code if rewritten else None,
+                        after=rewritten)
+    return [autocast, checkpoint]
+
+
+def _del_remedies(s: Situation) -> list[Remedy]:
+    """`del NAME` where one of the user's names keeps a large tensor that `del` can free: not an
+    activation of the step that failed (the autograd graph keeps those for backward), but a
+    leftover of an earlier step or a tensor made outside the forward pass."""
+    total = sum(s.by_category.values())
+    offered: list[Remedy] = []
+    for tensor in s.largest:
+        current = tensor.get("category") == "activations" and tensor.get("step") == s.step
+        if current or tensor["bytes"] < 0.1 * total:
+            continue
+        for name in tensor.get("holders") or ():
+            site = tensor.get("site")
+            made = f", made at {_short(site['file'])}:{site['line']}" if site else ""
+            offered.append(Remedy(
+                f"`del {name}` once it is used", tensor["bytes"],
+                f"`{name}` keeps a {format_bytes(tensor['bytes'])} tensor alive ({tensor.get('category')}{made}). "
+                "`del` frees it when that is its last reference; torch.cuda.empty_cache() would not (it "
+                "frees cached blocks, never live tensors).",
+            ))
+    return offered
+
+
+def _short(path: str) -> str:
+    return path.rsplit("/", 1)[-1]

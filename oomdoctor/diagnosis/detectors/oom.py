@@ -2,7 +2,9 @@
 
 Reads the exception the session recorded while the failed frames were alive: where it failed
 (the innermost line of the user's own code), in which step and phase, what was live, the largest
-live tensors, and on CUDA the allocator's reserved-but-free bytes.
+live tensors, and on CUDA the allocator's reserved-but-free bytes. Every number it shows is the
+one recorded at the failure: the bytes asked for come from the simulated capacity's own record
+when there is one (the message rounds them), and the remedies mark their estimates.
 """
 from __future__ import annotations
 
@@ -14,6 +16,8 @@ from typing import Any
 import torch
 
 from ...oom import oom_family
+from .. import forward_line
+from ..forward_line import ForwardLine
 from ..remedies import Situation, rank
 from ...report.model import Finding, Location, Remedy
 from ...sizes import format_bytes
@@ -29,7 +33,7 @@ def detect(timeline: Timeline) -> list[Finding]:
     exc = timeline.exception
     if not exc or not (exc["type"] == "OutOfMemoryError" or oom_family(exc["message"])):
         return []
-    requested = requested_bytes(exc["message"])
+    requested = _requested(timeline, exc["message"])
     allocator = exc.get("allocator") or {}
     reserved_free = allocator.get("reserved_bytes.all.current", 0) - allocator.get("allocated_bytes.all.current", 0)
     situation = Situation(
@@ -37,13 +41,14 @@ def detect(timeline: Timeline) -> list[Finding]:
         phase=exc["phase"], requested=requested, reserved_unallocated=max(0, reserved_free),
         largest=exc.get("largest", []),
         per_sample_bytes=timeline.per_sample_bytes,
+        forward=_forward(exc), device_type=timeline.device_type, step=exc.get("step"),
     )
     frame = user_frame(exc["frames"])
     where = f"step {exc['step']}" if exc.get("step") is not None else "the run"
     live = exc.get("live_bytes", 0)
     detail = (f"Asked for {format_bytes(requested)} with {format_bytes(live)} live"
               + (f" of {format_bytes(timeline.capacity)}" if timeline.capacity else "")
-              + f" during the {exc['phase']} phase of {where}. Live by category: "
+              + f" when it failed, in the {exc['phase']} phase of {where}. Live then, by category: "
               + ", ".join(f"{k.replace('_', ' ')} {format_bytes(v)}" for k, v in exc["by_category"].items() if v)
               + "." + _largest_text(exc.get("largest", [])))
     findings = [Finding(
@@ -73,6 +78,31 @@ def detect(timeline: Timeline) -> list[Finding]:
     return findings
 
 
+def _requested(timeline: Timeline, message: str) -> int | None:
+    """The bytes asked for: exact from the simulated capacity's record, else from the message."""
+    if "simulated by oomdoctor" in message:
+        for event in reversed(timeline.events):
+            if event["kind"] == "simulated-oom":
+                return int(event["bytes"])
+    return requested_bytes(message)
+
+
+def _forward(exc: dict[str, Any]) -> ForwardLine | None:
+    """The user's line that made the activations: on a failed forward, the innermost user frame
+    that calls a module; otherwise the recorded site of the largest activations."""
+    candidates = []
+    if exc["phase"] == "forward":
+        candidates += [(f["file"], f["line"], f["function"], f.get("code"))
+                       for f in reversed(exc["frames"]) if _is_user(f["file"])]
+    candidates += [(t["site"]["file"], t["site"]["line"], t["site"]["function"], None)
+                   for t in exc.get("largest", []) if t.get("category") == "activations" and t.get("site")]
+    for file, line, function, code in candidates:
+        found = forward_line.at(file, line, function, code)
+        if found is not None:
+            return found
+    return None
+
+
 def requested_bytes(message: str) -> int | None:
     match = _REQUESTED.search(message)
     if not match:
@@ -83,17 +113,23 @@ def requested_bytes(message: str) -> int | None:
 def user_frame(frames: list[dict[str, Any]]) -> Location | None:
     """The innermost frame of the user's own code (not torch, not oomdoctor, not the stdlib)."""
     for f in reversed(frames):
-        name = f["file"]
-        notebook_cell = name.startswith("<ipython-input-")
-        if name.startswith(_OURS) or name.startswith("<") and not notebook_cell or "site-packages" in name \
-                or "/lib/python" in name:
-            continue
-        return Location(name, f["line"], f["function"], f.get("code"))
+        if _is_user(f["file"]):
+            return Location(f["file"], f["line"], f["function"], f.get("code"))
     return None
 
 
+def _is_user(name: str) -> bool:
+    notebook_cell = name.startswith("<ipython-input-")
+    return not (name.startswith(_OURS) or name.startswith("<") and not notebook_cell or "site-packages" in name
+                or "/lib/python" in name)
+
+
 def _largest_text(largest: list[dict[str, Any]]) -> str:
-    lines = [f"{format_bytes(t['bytes'])} {t['category']}" + (f" from {t['site']['file']}:{t['site']['line']}"
-                                                             if t.get("site") else "")
-             for t in largest[:3]]
+    """The largest live tensors, equal ones counted once ("4 × 7.81 MiB activations from a.py:26")."""
+    groups: dict[str, int] = {}
+    for t in largest:
+        site = f" from {os.path.basename(t['site']['file'])}:{t['site']['line']}" if t.get("site") else ""
+        key = f"{format_bytes(t['bytes'])} {t['category'].replace('_', ' ')}{site}"
+        groups[key] = groups.get(key, 0) + 1
+    lines = [f"{n} × {key}" if n > 1 else key for key, n in list(groups.items())[:3]]
     return (" Largest live tensors: " + "; ".join(lines) + ".") if lines else ""
