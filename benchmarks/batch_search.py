@@ -19,7 +19,8 @@
    Time model: a step at batch b takes STEP_S + SAMPLE_S*b; an OOM trial fails half-way through
    its first step; a process start (oomdoctor only) costs START_S, measured on this machine.
 2. Real. `oomdoctor batch` on recipes/batch_mlp.py with `--capacity`: trials, wall time, and the
-   answer checked by running the script at the maximum and one above it.
+   answer checked by running the script at the maximum and one above it; `find_batch_size` on a
+   small MLP in-process, checked the same way.
 """
 from __future__ import annotations
 
@@ -226,7 +227,43 @@ def real() -> None:
                   f"{sum(t['seconds'] for t in measured):.1f} s in trials, {wall:.1f} s wall")
 
 
+def real_in_process() -> None:
+    """`find_batch_size` on a small MLP (as tests/test_find_batch_size.py), checked size by size."""
+    import oomdoctor
+    from torch import nn
+
+    def train(batch_size: int, steps: int = 1000) -> None:
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Linear(64, 256), nn.ReLU(), nn.Linear(256, 10))
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+        for _ in range(steps):
+            x, y = torch.randn(batch_size, 64), torch.randint(0, 10, (batch_size,))
+            loss = nn.functional.cross_entropy(model(x), y)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+
+    def fits(batch_size: int, capacity: int) -> bool:
+        try:
+            with oomdoctor.track(capacity=capacity, device="cpu", quiet=True):
+                train(batch_size, steps=2)
+        except torch.OutOfMemoryError:
+            return False
+        return True
+
+    for capacity in (2 * 2**20, 16 * 2**20):
+        started = time.perf_counter()
+        result = oomdoctor.find_batch_size(train, capacity=capacity, device="cpu", quiet=True)
+        wall = time.perf_counter() - started
+        best = result.max_batch_size
+        verdict = "exact" if fits(best, capacity) and not fits(best + 1, capacity) else "NOT exact"
+        sizes = ", ".join(f"{t.batch_size}{'' if t.fits else ' OOM'}" for t in result.trials if t.source == "measured")
+        print(f"  find_batch_size, MLP 64-256-10, {capacity // 2**20} MiB: max {best} ({verdict}); "
+              f"{result.measured_trials} trials [{sizes}], {wall:.1f} s")
+
+
 if __name__ == "__main__":
     simulated()
     if "--no-real" not in sys.argv:
         real()
+        real_in_process()

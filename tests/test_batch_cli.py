@@ -212,3 +212,12 @@ def test_one_step_per_trial_is_refused(edge):
 
 def test_without_a_gpu_a_capacity_is_required(edge):
     assert "give --capacity" in _error_line(edge["no_capacity"], 2)
+
+
+def test_help_answers_without_importing_torch():
+    code = ("import sys; from oomdoctor.cli import main\n"
+            "try:\n    main(['batch', '--help'])\nexcept SystemExit:\n    pass\n"
+            "print('torch' in sys.modules)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env={**os.environ, **CPU})
+    assert done.returncode == 0, done.stderr
+    assert "--gpu CARD" in done.stdout and done.stdout.strip().endswith("False")
