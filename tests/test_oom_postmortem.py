@@ -10,6 +10,7 @@ import pytest
 
 from conftest import RECIPES, run_cli
 from oomdoctor.diagnosis import forward_line
+from oomdoctor.diagnosis.failure_names import names_at_failure
 from oomdoctor.diagnosis.remedies import Situation, accumulation, batch_that_fits, rank
 
 MIB = 1024 * 1024
@@ -95,8 +96,16 @@ def test_the_batch_remedy_keeps_the_effective_batch_and_really_fits(big_batch, t
     assert size * steps == 2000 and 1 <= size < 2000
     assert f"{size} × {steps} = 2000" in batch[0]["detail"]
     assert f"(loss / {steps}).backward()" in batch[0]["after"]
-    # The per-sample cost is an estimate (no step of 2000 completed) and says why.
+    # The per-sample cost is an estimate (no step of 2000 completed) and says why; the numbers
+    # shown are those of the finding's evidence, and they add up.
     assert "Estimated" in batch[0]["detail"] and "lower bound" in batch[0]["detail"]
+    fit = finding["evidence"]["batch_fit"]
+    assert (fit["size"], fit["accumulation_steps"], fit["per_sample_measured"]) == (size, steps, False)
+    assert batch[0]["saves_bytes"] == fit["saves_bytes"] == int((2000 - size) * fit["per_sample_bytes"])
+    fixed = 2 * finding["evidence"]["by_category"]["parameters"]  # parameters and their gradients
+    assert fit["largest_that_fits"] == int((0.9 * report["device"]["capacity_bytes"] - fixed)
+                                           // fit["per_sample_bytes"])
+    assert size <= fit["largest_that_fits"] and f"Up to {fit['largest_that_fits']} samples fit" in batch[0]["detail"]
     # WHEN the fixed twin runs the same effective batch in the recommended micro-batches
     fixed = RECIPES / "oom_big_batch_fixed.py"
     again = run_cli("run", "--quiet", "--capacity", "40MiB", "--json", "r.json", str(fixed), "--batch-size", "2000",
@@ -185,14 +194,33 @@ def test_del_is_offered_once_and_only_for_what_a_users_name_keeps():
     leftover = {"bytes": 8 * MIB, "category": "activations", "step": 2, "holders": ["out"],
                 "site": {"file": "/u/train.py", "line": 9, "function": "<module>"}}
     saved = {"bytes": 8 * MIB, "category": "activations", "step": 3, "holders": ["h"], "site": None}
+    batch = {"bytes": 8 * MIB, "category": "other", "step": 3, "holders": ["x"], "site": None}
     unnamed = {"bytes": 8 * MIB, "category": "other", "step": 1, "site": None}
     s = Situation(by_category={"parameters": MIB, "gradients": 0, "optimizer_state": 0,
-                               "activations": 24 * MIB, "other": 0},
-                  phase="forward", step=3, largest=[leftover, dict(leftover), saved, unnamed])
+                               "activations": 24 * MIB, "other": 16 * MIB},
+                  phase="forward", step=3, largest=[leftover, dict(leftover), saved, batch, unnamed])
     dels = [r for r in rank(s) if "`del" in r.title]
-    # The previous step's output still named `out` can go; this step's activations cannot.
+    # The previous step's output still named `out` can go; this step's activations and input,
+    # kept for backward, cannot.
     assert [r.title for r in dels] == ["`del out` once it is used"]
     assert "train.py:9" in dels[0].detail
+
+
+def test_the_names_that_keep_tensors_at_a_failure_are_found_from_its_frames():
+    import torch
+
+    def step(previous):
+        h = torch.ones(64, 64, requires_grad=True).exp()  # this step's own: not asked about
+        raise MemoryError(h.shape)
+
+    out = torch.zeros(512, 512)  # the loop keeps the last step's output under its own name
+    loose = torch.zeros(3).untyped_storage()  # no tensor of the user's is on it
+    try:
+        step(out)
+    except MemoryError as exc:
+        names = names_at_failure(exc.__traceback__, [out.untyped_storage(), loose, None])
+    # The outermost name first: the loop's `out`, which `del` must drop, not the argument.
+    assert names == [["out"], [], []]
 
 
 def test_remedies_are_honest_about_what_they_save():

@@ -47,30 +47,55 @@ class BatchFit:
     largest: int  # the largest batch size that fits
     per_sample: float  # bytes per sample the estimate used
     saves: int
+    cost: str  # where per_sample comes from: measured, or an estimate and why
 
 
 def batch_that_fits(s: Situation) -> BatchFit | None:
     """A batch size that fits, with peak(b) = fixed + per_sample * b, or None.
 
-    per_sample: a completed step's peak beyond parameters, gradients and optimizer state, per
-    sample (without one, a failed forward's partial activations plus the failed request: a lower
-    bound). fixed: parameters, gradients (the size of the parameters when training will create
-    them) and optimizer state.
+    fixed: parameters, gradients (the size of the parameters when training will create them)
+    and optimizer state. per_sample: the largest of what is known of it, each a lower bound of
+    the true cost (see `_per_sample`).
     """
     c = s.by_category
     if not (s.capacity and s.batch_size and s.batch_size > 1):
         return None
-    per_sample = max(s.per_sample_bytes, _partial_per_sample(s))
-    if per_sample <= 0:
-        return None
     gradients = max(c.get("gradients", 0), c.get("parameters", 0) if s.trains else 0)
     fixed = c.get("parameters", 0) + gradients + c.get("optimizer_state", 0)
+    per_sample, cost = _per_sample(s, fixed)
+    if per_sample <= 0:
+        return None
     budget = s.capacity * (1 - HEADROOM) - fixed
     largest = min(s.batch_size - 1, math.floor(budget / per_sample))
     if largest < 1:
         return None
     size, steps = accumulation(s.batch_size, largest)
-    return BatchFit(size, steps, largest, per_sample, int((s.batch_size - size) * per_sample))
+    return BatchFit(size, steps, largest, per_sample, int((s.batch_size - size) * per_sample), cost)
+
+
+def _per_sample(s: Situation, fixed: int) -> tuple[float, str]:
+    """Bytes per sample and where the figure comes from: the largest of a completed step's
+    measured cost, what was live at the failure (less parameters and optimizer state, plus the
+    failed request when it grows with the batch, as forward and backward requests do), and
+    what the failure itself proves (the batch did not fit next to the fixed part)."""
+    c, b = s.by_category, s.batch_size or 1
+    asked = (s.requested or 0) if s.phase in ("forward", "backward") else 0
+    live = sum(c.values()) - c.get("parameters", 0) - c.get("optimizer_state", 0)
+    measured, at_failure = s.per_sample_bytes, (live + asked) / b
+    did_not_fit = (s.capacity - fixed) / b if s.capacity else 0.0
+    best = max(measured, at_failure, did_not_fit)
+    if best == measured:
+        return best, (f"Measured: a completed step cost {format_bytes(best)} per sample beyond parameters "
+                      "and optimizer state.")
+    if best == at_failure:
+        plus = f" plus the {format_bytes(asked)} asked for" if asked else ""
+        why = (f"the {format_bytes(live)} live beyond parameters and optimizer state when the {s.phase} pass "
+               f"failed{plus}, over {b} samples")
+    else:
+        why = (f"{b} samples did not fit in {format_bytes(s.capacity)} next to {format_bytes(fixed)} of "
+               "parameters, gradients and optimizer state")
+    return best, (f"Estimated: at least {format_bytes(best)} per sample ({why}); a lower bound, as no step of "
+                  "this size completed: confirm with `oomdoctor batch`.")
 
 
 def accumulation(batch: int, largest: int) -> tuple[int, int]:
@@ -84,24 +109,8 @@ def accumulation(batch: int, largest: int) -> tuple[int, int]:
     return math.ceil(batch / fewest), fewest
 
 
-def _partial_per_sample(s: Situation) -> float:
-    """A pass that failed half-way: the activations so far plus the failed request (forward and
-    backward requests grow with the batch; an optimizer's do not), per sample."""
-    c = s.by_category
-    grows = s.phase in ("forward", "backward")
-    return (c.get("activations", 0) + (s.requested or 0) * grows) / (s.batch_size or 1)
-
-
 def _batch_remedy(s: Situation, fit: BatchFit) -> Remedy:
-    c = s.by_category
     per_sample = format_bytes(fit.per_sample)
-    if s.per_sample_bytes >= _partial_per_sample(s):
-        cost = f"Measured: a completed step cost {per_sample} per sample beyond parameters and optimizer state."
-    else:
-        asked = f" plus the {format_bytes(s.requested)} asked for" if s.requested and s.phase != "optimizer" else ""
-        cost = (f"Estimated: {per_sample} per sample, the {format_bytes(c.get('activations', 0))} of activations "
-                f"live when the {s.phase} pass failed{asked}, over {s.batch_size} samples. A lower bound (no step "
-                "of this size completed): confirm with `oomdoctor batch`.")
     effective = fit.size * fit.steps
     keeps = (f"{fit.size} × {fit.steps} = {effective}: the effective batch stays {s.batch_size}."
              if effective == s.batch_size else
@@ -110,7 +119,7 @@ def _batch_remedy(s: Situation, fit: BatchFit) -> Remedy:
     return Remedy(
         f"Use batch size {fit.size} and accumulate gradients over {fit.steps} steps (now {s.batch_size})",
         fit.saves,
-        f"{cost} Up to {fit.largest} samples fit with {HEADROOM:.0%} of the capacity left free. {keeps} "
+        f"{fit.cost} Up to {fit.largest} samples fit with {HEADROOM:.0%} of the capacity left free. {keeps} "
         f"Saves {s.batch_size - fit.size} samples × {per_sample} (an estimate from that cost).",
         before="loss.backward(); optimizer.step(); optimizer.zero_grad()",
         after=f"(loss / {fit.steps}).backward()\nif (i + 1) % {fit.steps} == 0:\n"
@@ -187,14 +196,15 @@ def _activation_remedies(s: Situation, activations: int) -> list[Remedy]:
 
 
 def _del_remedies(s: Situation) -> list[Remedy]:
-    """`del NAME` where one of the user's names keeps a large tensor that `del` can free: not an
-    activation of the step that failed (the autograd graph keeps those for backward), but a
-    leftover of an earlier step or a tensor made outside the forward pass."""
+    """`del NAME` where one of the user's names (`holders`, found at the failure) keeps a large
+    tensor made in an earlier step than the one that failed: the previous step's outputs or loss,
+    still named while this step runs. Not for the failing step's own tensors: its activations and
+    its input are kept by the autograd graph for backward, which no `del` frees."""
     total = sum(s.by_category.values())
     offered: list[Remedy] = []
     for tensor in s.largest:
-        current = tensor.get("category") == "activations" and tensor.get("step") == s.step
-        if current or tensor["bytes"] < 0.1 * total:
+        earlier = s.step is not None and tensor.get("step") is not None and tensor["step"] < s.step
+        if not earlier or tensor["bytes"] < 0.1 * total:
             continue
         for name in tensor.get("holders") or ():
             site = tensor.get("site")

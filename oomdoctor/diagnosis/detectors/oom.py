@@ -18,7 +18,7 @@ import torch
 from ...oom import oom_family
 from .. import forward_line
 from ..forward_line import ForwardLine
-from ..remedies import Situation, rank
+from ..remedies import Situation, batch_that_fits, rank
 from ...report.model import Finding, Location, Remedy
 from ...sizes import format_bytes
 from ...core.timeline import Timeline
@@ -59,7 +59,8 @@ def detect(timeline: Timeline) -> list[Finding]:
         remedies=rank(situation),
         evidence={"message": exc["message"], "step": exc.get("step"), "phase": exc["phase"],
                   "live_bytes": live, "by_category": exc["by_category"], "largest": exc.get("largest", []),
-                  "batch_size": timeline.batch_size, "allocator": allocator or None},
+                  "batch_size": timeline.batch_size, "allocator": allocator or None,
+                  "batch_fit": _batch_fit(situation)},
     )]
     if requested and reserved_free >= requested:
         findings.append(Finding(
@@ -101,6 +102,16 @@ def _forward(exc: dict[str, Any]) -> ForwardLine | None:
         if found is not None:
             return found
     return None
+
+
+def _batch_fit(situation: Situation) -> dict[str, Any] | None:
+    """The batch remedy's numbers, for JSON readers that check them."""
+    fit = batch_that_fits(situation)
+    if fit is None:
+        return None
+    return {"size": fit.size, "accumulation_steps": fit.steps, "largest_that_fits": fit.largest,
+            "per_sample_bytes": fit.per_sample, "saves_bytes": fit.saves,
+            "per_sample_measured": fit.cost.startswith("Measured")}
 
 
 def requested_bytes(message: str) -> int | None:
