@@ -221,3 +221,19 @@ def test_help_answers_without_importing_torch():
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env={**os.environ, **CPU})
     assert done.returncode == 0, done.stderr
     assert "--gpu CARD" in done.stdout and done.stdout.strip().endswith("False")
+
+
+def test_for_a_card_a_size_fits_when_the_bytes_the_allocator_would_reserve_do(tmp_path, monkeypatch):
+    # GIVEN a budget of 16 MiB for the caching allocator, and a size whose tensors take ~5 MB
+    from oomdoctor.batch.script import ScriptTrials
+
+    monkeypatch.chdir(tmp_path)
+    budget = 16 * 2**20
+    trials = ScriptTrials(RECIPE, ["--width", "128"], "--batch-size", 2, budget, gpu_budget=budget)
+    trial = trials(1000)
+    report = trials.reports[1000]
+    # THEN the CPU run went through, but the allocator model reserves whole segments past the
+    # budget: on the card it would not fit
+    assert report["exit"]["code"] == 0 and report["peak_bytes"] < budget
+    assert not trial.fits and trial.peak_bytes > budget and trial.peak_bytes % (2 * 2**20) == 0
+    assert trial.peak_bytes == report["aggregates"]["predicted_cuda_reserved_peak_bytes"]

@@ -71,7 +71,9 @@ def batch(
         raise BadInput("give --gpu CARD or --capacity SIZE, not both: the card sets the capacity")
     size = parse_size(capacity) if capacity is not None else None
     if target is not None:
-        size = target.allocator_bytes
+        # The trials hold the batch's tensors in this machine's memory: search below what it has
+        # free, and extrapolate to the card past that.
+        size = min(target.allocator_bytes, _host_free() or target.allocator_bytes)
     elif size is None and not _has_gpu():
         raise BadInput("no GPU here: give --capacity SIZE (e.g. 16GiB) to search against a simulated device, "
                        "or --gpu CARD to predict for a card")
@@ -85,6 +87,9 @@ def batch(
     trials = ScriptTrials(script, args, flag, steps, size, gpu_budget=size if target is not None else None)
     with SearchProgress(quiet) as progress:
         result = search(progress.wrap(trials), low=low, high=high, capacity=size, margin=margin / 100)
+    if target is not None and result.all_fit:  # whatever this machine's memory, the card holds them all
+        result.capacity_bytes = target.allocator_bytes
+        result.recommended_batch_size = result.recommended_for(result.margin)
     console = Console(file=sys.stdout, width=_width(), highlight=False)
     console.print(_table(result))
     if result.max_batch_size is None:
@@ -92,12 +97,13 @@ def batch(
 
     current = current_batch_size(script, args, flag)
     accumulation = _accumulation(current, result.recommended_batch_size)
-    for line in _summary(result, flag, current, accumulation) + _speed(result) + _card_lines(target, result):
+    beyond = _beyond_host(target, result)
+    for line in _summary(result, flag, current, accumulation) + _speed(result) + _card_lines(target, result, beyond):
         console.print(line)
     if json:
+        gpu = None if target is None else {**describe(target), "extrapolated_max_batch_size": beyond}
         data = {**result.to_dict(), "script": script, "flag": flag, "steps": steps,
-                "current_batch_size": current, "accumulation": accumulation,
-                "gpu": None if target is None else describe(target)}
+                "current_batch_size": current, "accumulation": accumulation, "gpu": gpu}
         Path(json).write_text(json_module.dumps(data, indent=2) + "\n", encoding="utf-8")
     return 0
 
@@ -175,10 +181,36 @@ def _speed(result: BatchResult) -> list[str]:
             f"trial step, under oomdoctor's watch (on CPU every op pays a few microseconds, small batches most)."]
 
 
-def _card_lines(target: Card | None, result: BatchResult) -> list[str]:
+def _host_free() -> int | None:
+    """80 % of this machine's available memory (Linux), the most a trial may hold; None when unknown."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as f:
+            fields = dict(line.split(":", 1) for line in f)
+        return int(fields["MemAvailable"].split()[0]) * 1024 * 8 // 10
+    except (OSError, KeyError, ValueError):
+        return None
+
+
+def _beyond_host(target: Card | None, result: BatchResult) -> int | None:
+    """When this machine's memory, not the card's, stopped the search: the largest size the
+    fitted memory model puts within the card (an extrapolation)."""
+    if target is None or result.capacity_bytes is None or result.capacity_bytes >= target.allocator_bytes:
+        return None
+    if result.max_batch_size is None or result.all_fit or result.curve is None:
+        return None
+    return result.curve.largest_fitting(target.allocator_bytes, result.max_batch_size, result.high)
+
+
+def _card_lines(target: Card | None, result: BatchResult, beyond: int | None) -> list[str]:
     if target is None:
         return []
-    return [f"[bold]Predicted for {target.name}, unvalidated[/bold]: {format_bytes(target.memory_bytes)} on the card, "
+    lines = []
+    if result.capacity_bytes is not None and result.capacity_bytes < target.allocator_bytes:
+        lines.append(f"This machine has {format_bytes(result.capacity_bytes)} to spare for trials, less than the card: "
+                     f"sizes were measured up to there" + (
+                         f"; the fitted memory model puts [bold]{beyond}[/bold] within the card (extrapolated)."
+                         if beyond is not None else "."))
+    return lines + [f"[bold]Predicted for {target.name}, unvalidated[/bold]: {format_bytes(target.memory_bytes)} on the card, "
             f"less ~{format_bytes(target.context_bytes)} of CUDA context and library kernels the allocator never "
             f"sees: {format_bytes(target.allocator_bytes)} for PyTorch's caching allocator. Peaks above are the "
             f"bytes it would reserve (the allocator model over this CPU run: 512-byte rounding, 2 MiB / 20 MiB "
