@@ -254,3 +254,14 @@ def test_no_fragmentation_remedy_when_memory_is_really_full():
                                "other": 0}, capacity=4 * MIB, batch_size=4, requested=MIB,
                   reserved_unallocated=MIB // 2)
     assert not any("expandable_segments" in r.title for r in rank(s))
+
+
+def test_near_capacity_quotes_the_headers_peak_and_marks_an_estimate():
+    from oomdoctor.core.timeline import Timeline
+    from oomdoctor.diagnosis.detectors import capacity
+
+    t = Timeline(capacity=100 * MIB)
+    t.note_peak(95 * MIB, {"activations": 95 * MIB}, None, "between steps 3 and 4", estimated=True)
+    [finding] = capacity.detect(t)
+    assert finding.bytes == t.peak_bytes
+    assert "The peak (between steps 3 and 4) was ~95.00 MiB (an estimate" in finding.detail

@@ -1,7 +1,8 @@
 """`near-capacity`: the run's peak came within a few percent of the device's capacity.
 
 One step of variation (a longer sequence, a bigger last batch, fragmentation) is then enough for
-an OOM, so it is worth a warning even when the run succeeded.
+an OOM, so it is worth a warning even when the run succeeded. The peak it quotes is the report's
+own (the header's), with its step or where it happened, and marked `~` when it is an estimate.
 """
 from __future__ import annotations
 
@@ -18,15 +19,21 @@ def detect(timeline: Timeline) -> list[Finding]:
         return []
     share = timeline.peak_bytes / capacity
     headroom = capacity - timeline.peak_bytes
-    where = f" at step {timeline.peak_step}" if timeline.peak_step is not None else ""
+    if timeline.peak_step is not None:
+        where = f" at step {timeline.peak_step}"
+    else:
+        where = f" ({timeline.peak_where})" if timeline.peak_where else ""
+    approx = "~" if timeline.peak_estimated else ""
+    estimate = (" (an estimate: the per-op view did not watch that step; --exact measures it)"
+                if timeline.peak_estimated else "")
     return [
         Finding(
             kind="near-capacity",
             severity="warning",
             title=f"Peak memory is {share:.0%} of capacity",
             detail=(
-                f"The peak{where} was {format_bytes(timeline.peak_bytes)} of "
-                f"{format_bytes(capacity)}; only {format_bytes(headroom)} is left for larger "
+                f"The peak{where} was {approx}{format_bytes(timeline.peak_bytes)}{estimate} of "
+                f"{format_bytes(capacity)}; only {approx}{format_bytes(headroom)} is left for larger "
                 "inputs, fragmentation or another process."
             ),
             bytes=timeline.peak_bytes,
