@@ -126,8 +126,20 @@ def test_autocast_and_checkpoint_show_the_users_own_forward_line(big_batch):
     assert "estimate" in autocast["detail"]
     checkpoint = by_title["Checkpoint the model in 2 segments"]
     assert checkpoint["before"] == line
-    assert checkpoint["after"] == ("loss = torch.utils.checkpoint.checkpoint_sequential(model, 2, x, "
-                                   "use_reentrant=False).logsumexp(-1).mean()")
+    assert checkpoint["after"] == ("from torch.utils.checkpoint import checkpoint_sequential\n"
+                                   "loss = checkpoint_sequential(model, 2, x, use_reentrant=False).logsumexp(-1).mean()")
+    # The rewritten lines run, on the recipe's model, and give the same loss.
+    import torch
+    from torch import nn
+
+    model = nn.Sequential(nn.Linear(256, 1024), nn.GELU(), nn.Linear(1024, 1024), nn.GELU(), nn.Linear(1024, 10))
+    x = torch.randn(4, 256)
+    plain, checkpointed = {"model": model, "x": x}, {"model": model, "x": x, "torch": torch}
+    exec(line, plain)
+    exec(checkpoint["after"], checkpointed)
+    checkpointed["loss"].backward()
+    assert torch.allclose(plain["loss"], checkpointed["loss"])
+    exec(autocast["after"], checkpointed)
 
 
 def test_a_forward_oom_in_the_users_module_checkpoints_that_block(tmp_path):
@@ -158,8 +170,8 @@ def test_a_forward_oom_in_the_users_module_checkpoints_that_block(tmp_path):
     # THEN the remedies rewrite the block's line inside forward, where the memory ran out
     checkpoint = by_title["Checkpoint the block at train.py:12"]
     assert checkpoint["before"] == "return self.block(h).sum()"
-    assert checkpoint["after"] == ("return torch.utils.checkpoint.checkpoint(self.block, h, "
-                                   "use_reentrant=False).sum()")
+    assert checkpoint["after"] == ("from torch.utils.checkpoint import checkpoint\n"
+                                   "return checkpoint(self.block, h, use_reentrant=False).sum()")
     assert by_title["Run the forward pass in bf16 autocast"]["before"] == "return self.block(h).sum()"
 
 
@@ -241,8 +253,9 @@ def test_remedies_are_honest_about_what_they_save():
 
 def test_forward_line_rewrites_only_whole_statements_that_call_a_module():
     line = forward_line.at("t.py", 3, "<module>", "logits = head(model(x))  # train")
-    assert forward_line.checkpoint(line) == ("logits = head(torch.utils.checkpoint.checkpoint_sequential("
-                                             "model, 2, x, use_reentrant=False))  # train")
+    assert forward_line.checkpoint(line) == ("from torch.utils.checkpoint import checkpoint_sequential\n"
+                                             "logits = head(checkpoint_sequential(model, 2, x, "
+                                             "use_reentrant=False))  # train")
     # checkpoint_sequential takes one input: a model called with two gets no made-up code
     assert forward_line.checkpoint(forward_line.at("t.py", 3, "<module>", "out = model(x, mask)")) is None
     assert forward_line.at("t.py", 3, "<module>", "out = model(") is None  # part of a multi-line call

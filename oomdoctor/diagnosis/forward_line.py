@@ -12,8 +12,6 @@ import ast
 import linecache
 from dataclasses import dataclass
 
-CHECKPOINT = "torch.utils.checkpoint.checkpoint"
-CHECKPOINT_SEQUENTIAL = "torch.utils.checkpoint.checkpoint_sequential"
 SEGMENTS = 2  # checkpoint_sequential's segments: keeps about 1/SEGMENTS of the activations
 
 
@@ -59,14 +57,15 @@ def checkpoint(forward: ForwardLine) -> str | None:
     callee = ast.unparse(call.func)
     args = ", ".join(ast.unparse(a) for a in call.args)
     if forward.in_module:
-        new = f"{CHECKPOINT}({callee}, {args}, use_reentrant=False)"
+        function, new = "checkpoint", f"checkpoint({callee}, {args}, use_reentrant=False)"
     elif len(call.args) == 1:
-        new = f"{CHECKPOINT_SEQUENTIAL}({callee}, {SEGMENTS}, {args}, use_reentrant=False)"
+        function = "checkpoint_sequential"
+        new = f"checkpoint_sequential({callee}, {SEGMENTS}, {args}, use_reentrant=False)"
     else:
         return None
-    start, end = call.col_offset, call.end_col_offset
     line = forward.code
-    return line[:start] + new + line[end:]
+    return (f"from torch.utils.checkpoint import {function}\n"
+            + line[:call.col_offset] + new + line[call.end_col_offset:])
 
 
 def _module_call(code: str) -> ast.Call | None:
