@@ -278,3 +278,27 @@ def test_near_capacity_quotes_the_headers_peak_and_marks_an_estimate():
     [finding] = capacity.detect(t)
     assert finding.bytes == t.peak_bytes
     assert "The peak (between steps 3 and 4) was ~95.00 MiB (an estimate" in finding.detail
+
+
+def test_a_fragmentation_oom_offers_expandable_segments_once():
+    # A CUDA OOM as the session records it, hand-built (no GPU here): 64 MiB reserved but free,
+    # in pieces too small for the 20 MiB asked for.
+    from oomdoctor.core.timeline import Timeline
+    from oomdoctor.diagnosis.detectors import run_detectors
+
+    t = Timeline(device_type="cuda", capacity=1024 * MIB, batch_size=8)
+    t.exception = {
+        "type": "OutOfMemoryError", "phase": "forward", "step": 3, "frames": [],
+        "message": "CUDA out of memory. Tried to allocate 20.00 MiB. GPU 0 has a total capacity of 1.00 GiB",
+        "live_bytes": 900 * MIB, "largest": [],
+        "by_category": {"parameters": 200 * MIB, "gradients": 200 * MIB, "optimizer_state": 400 * MIB,
+                        "activations": 100 * MIB, "other": 0},
+        "allocator": {"reserved_bytes.all.current": 964 * MIB, "allocated_bytes.all.current": 900 * MIB,
+                      "inactive_split_bytes.all.current": 64 * MIB, "num_alloc_retries": 2},
+    }
+    findings, notes = run_detectors(t)
+    assert not notes and [f.kind for f in findings] == ["oom", "fragmentation"]
+    remedies = [r.title for f in findings for r in f.remedies]
+    assert remedies.count("Set PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True") == 1
+    assert len(remedies) == len(set(remedies))
+    assert findings[0].bytes == 20 * MIB and findings[1].bytes == 64 * MIB

@@ -19,7 +19,7 @@ from ...oom import oom_family
 from .. import forward_line
 from ..forward_line import ForwardLine
 from ..remedies import Situation, batch_that_fits, rank
-from ...report.model import Finding, Location, Remedy
+from ...report.model import Finding, Location
 from ...sizes import format_bytes
 from ...core.timeline import Timeline
 
@@ -71,9 +71,9 @@ def detect(timeline: Timeline) -> list[Finding]:
                     f"({format_bytes(allocator.get('inactive_split_bytes.all.current', 0))} in split blocks, "
                     f"{allocator.get('num_alloc_retries', 0)} allocation retries)."),
             location=frame, bytes=reserved_free,
-            remedy="Set PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True, or keep tensor sizes steady "
-                   "(pad variable-length batches to a few bucket sizes).",
-            remedies=[Remedy("PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True", reserved_free)],
+            # The oom finding ranks expandable_segments among its remedies: not repeated here.
+            remedy="Set PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True (among the oom finding's remedies), "
+                   "or keep tensor sizes steady (pad variable-length batches to a few bucket sizes).",
             evidence={"allocator": allocator},
         ))
     return findings
