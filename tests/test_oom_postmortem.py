@@ -215,7 +215,7 @@ def test_del_is_offered_once_and_only_for_what_a_users_name_keeps():
     # The previous step's output still named `out` can go; this step's activations and input,
     # kept for backward, cannot.
     assert [r.title for r in dels] == ["`del out` once it is used"]
-    assert "train.py:9" in dels[0].detail
+    assert dels[0].saves_bytes == 16 * MIB and "2 tensors, made at train.py:9" in dels[0].detail
 
 
 def test_the_names_that_keep_tensors_at_a_failure_are_found_from_its_frames():

@@ -148,7 +148,8 @@ def rank(s: Situation) -> list[Remedy]:
         remedies.append(Remedy(
             "Use a lighter optimizer state", optimizer_state // 2,
             "Optimizer state outweighs the parameters (Adam keeps two tensors per parameter). SGD with "
-            "momentum keeps one; 8-bit Adam (bitsandbytes) or Adafactor keep much less.",
+            "momentum keeps one, about half of it (an estimate from that count); 8-bit Adam "
+            "(bitsandbytes) or Adafactor keep much less.",
         ))
     if s.reserved_unallocated and s.requested and s.reserved_unallocated >= s.requested:
         remedies.append(Remedy(
@@ -200,21 +201,26 @@ def _del_remedies(s: Situation) -> list[Remedy]:
     tensor made in an earlier step than the one that failed: the previous step's outputs or loss,
     still named while this step runs. Not for the failing step's own tensors: its activations and
     its input are kept by the autograd graph for backward, which no `del` frees."""
-    total = sum(s.by_category.values())
-    offered: list[Remedy] = []
+    held: dict[str, list[dict[str, Any]]] = {}  # name -> the tensors it keeps, each once
     for tensor in s.largest:
         earlier = s.step is not None and tensor.get("step") is not None and tensor["step"] < s.step
-        if not earlier or tensor["bytes"] < 0.1 * total:
+        if earlier:
+            for name in tensor.get("holders") or ():
+                held.setdefault(name, []).append(tensor)
+    total = sum(s.by_category.values())
+    offered: list[Remedy] = []
+    for name, tensors in held.items():
+        kept = sum(t["bytes"] for t in tensors)
+        if kept < 0.1 * total:
             continue
-        for name in tensor.get("holders") or ():
-            site = tensor.get("site")
-            made = f", made at {_short(site['file'])}:{site['line']}" if site else ""
-            offered.append(Remedy(
-                f"`del {name}` once it is used", tensor["bytes"],
-                f"`{name}` keeps a {format_bytes(tensor['bytes'])} tensor alive ({tensor.get('category')}{made}). "
-                "`del` frees it when that is its last reference; torch.cuda.empty_cache() would not (it "
-                "frees cached blocks, never live tensors).",
-            ))
+        sites = sorted({f"{_short(t['site']['file'])}:{t['site']['line']}" for t in tensors if t.get("site")})
+        made = f", made at {', '.join(sites)}" if sites else ""
+        offered.append(Remedy(
+            f"`del {name}` once it is used", kept,
+            f"`{name}` keeps {format_bytes(kept)} of an earlier step alive ({len(tensors)} tensor"
+            f"{'s' if len(tensors) > 1 else ''}{made}). `del` frees them when that is their last reference; "
+            "torch.cuda.empty_cache() would not (it frees cached blocks, never live tensors).",
+        ))
     return offered
 
 
