@@ -27,8 +27,11 @@ def _param(case: Case):
 
 
 @pytest.fixture(scope="module")
-def outcomes() -> dict[str, Outcome]:
-    return run_all(CASES)
+def outcomes(request) -> dict[str, Outcome]:
+    """Runs the cases selected in this session (all of them, or those `-k` kept), two at a time."""
+    selected = [item.callspec.params["case"] for item in request.session.items
+                if item.module is request.module and "case" in getattr(getattr(item, "callspec", None), "params", {})]
+    return run_all(selected)
 
 
 def test_every_miss_names_a_case_of_the_corpus():
