@@ -41,6 +41,7 @@ def test_every_miss_names_a_case_of_the_corpus():
 def test_every_bug_has_a_fixed_twin_and_an_expected_line():
     bugs = [case for case in CASES if case.group == "bugs"]
     fixed = {case.path.stem for case in CASES if case.group == "fixed"}
+    assert len(bugs) >= 20 and len([case for case in CASES if case.group == "clean"]) >= 8
     for case in bugs:
         assert case.path.stem in fixed, case.name
         assert case.expected(), f"{case.name} marks no `# EXPECT:` line"

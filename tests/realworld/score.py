@@ -41,9 +41,12 @@ def _table(title: str, selected: list[Case], said: dict[str, list[dict]], failed
     others = [case for case in selected if case.group != "bugs"]
     exact = sum(_hit(case, said[case.name]) and case.name not in failed for case in bugs)
     false_runs = [case.name for case in others if said[case.name]]
+    # One bug, one finding: more findings than EXPECT lines is noise a user has to read through.
+    noisy = [case.name for case in bugs if len(said[case.name]) > len(case.expected())]
     print(f"\n{title}: bugs found at the exact line {exact}/{len(bugs)}; "
           f"fixed+clean scripts with a false finding {len(false_runs)}/{len(others)}"
-          f" ({sum(len(said[name]) for name in false_runs)} findings)")
+          f" ({sum(len(said[name]) for name in false_runs)} findings); "
+          f"bugs with more findings than expected lines {len(noisy)}")
 
 
 def main() -> None:
