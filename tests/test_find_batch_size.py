@@ -199,3 +199,25 @@ def test_two_sizes_moments_predict_a_third_sizes_peak_exactly():
     assert max(small.moments) == small.peak and max(large.moments) == large.peak
     assert small.moments.index(small.peak) != large.moments.index(large.peak)
     assert fit([small, medium], bent=False).peak(700) == large.peak
+
+
+def test_moments_are_recorded_for_code_without_modules():
+    # GIVEN training written with bare tensors (no nn.Module): attached at the first optimizer step
+    from oomdoctor.batch.moments import PeakMoments
+
+    def bare(batch_size: int) -> list[int]:
+        torch.manual_seed(0)
+        w = torch.randn(64, 10, requires_grad=True)
+        optimizer = torch.optim.SGD([w], lr=0.1, momentum=0.9)
+        with oomdoctor.track(capacity=8 * MIB, device="cpu", quiet=True), PeakMoments() as moments:
+            for _ in range(3):
+                x = torch.randn(batch_size, 64)
+                loss = (x @ w).relu().sum()
+                optimizer.zero_grad()
+                loss.backward()
+                optimizer.step()
+        return moments.values
+
+    small, large = bare(8), bare(512)
+    # THEN both sizes give the same moments, and the larger ones hold more
+    assert len(small) == len(large) > 0 and max(large) > max(small)

@@ -30,21 +30,22 @@ class PeakMoments:
         self._ledger: Any = None
         self._inner: Any = None
         self._rising = False  # the latest event was an allocation: a release now ends a local peak
-        self._handle: Any = None
+        self._handles: list[Any] = []
 
     def __enter__(self) -> PeakMoments:
         import torch
+        from torch.optim.optimizer import register_optimizer_step_pre_hook
 
         # Under `oomdoctor run` the session starts after this object: attach at the first forward,
-        # before the first step's activations (the session exists by then).
-        self._handle = torch.nn.modules.module.register_module_forward_pre_hook(lambda *_: self._attach())
+        # before the first step's activations (the session exists by then), or, for code without
+        # modules, at the first optimizer step (the same in every trial, so moments still align).
+        self._handles = [torch.nn.modules.module.register_module_forward_pre_hook(lambda *_: self._attach()),
+                         register_optimizer_step_pre_hook(lambda *_: self._attach())]
         self._attach()
         return self
 
     def __exit__(self, *exc: Any) -> None:
-        if self._handle is not None:
-            self._handle.remove()
-            self._handle = None
+        self._unhook()
         if self._ledger is not None:
             if self._rising:
                 self._record(self._ledger.total)
@@ -65,9 +66,13 @@ class PeakMoments:
             return
         self._ledger, self._inner = ledger, ledger.listener
         ledger.listener = self._listen
-        if self._handle is not None:
-            self._handle.remove()
-            self._handle = None
+        # The hooks stay until the end: the optimizer iterates its hooks while calling them, and
+        # removing one from there would break the step. Attached, they return at once.
+
+    def _unhook(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
 
     def _listen(self, action: str, key: int, nbytes: int, site: Any) -> None:
         if self._inner is not None:
