@@ -237,3 +237,22 @@ def test_for_a_card_a_size_fits_when_the_bytes_the_allocator_would_reserve_do(tm
     assert report["exit"]["code"] == 0 and report["peak_bytes"] < budget
     assert not trial.fits and trial.peak_bytes > budget and trial.peak_bytes % (2 * 2**20) == 0
     assert trial.peak_bytes == report["aggregates"]["predicted_cuda_reserved_peak_bytes"]
+
+
+def test_past_this_machines_memory_the_card_gets_the_fitted_models_size():
+    # GIVEN trials held to 1 GiB by this machine's memory, for a card whose allocator has ~14 GiB,
+    # on a workload of 100 MiB + 1 MiB a sample
+    from oomdoctor.batch.search import Trial, search
+    from oomdoctor.cli.batch import _beyond_host
+    from oomdoctor.gpu.cards import card
+
+    t4, mib = card("T4-16GB"), 2**20
+
+    def peak(b: int) -> int:
+        return 100 * mib + mib * b
+
+    host = 2**30
+    result = search(lambda b: Trial(b, peak(b) <= host, peak(b)), capacity=host)
+    # THEN the measured answer is this machine's, and the card's is the model's, extrapolated
+    assert result.max_batch_size == 924
+    assert _beyond_host(t4, result) == (t4.allocator_bytes - 100 * mib) // mib
