@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import inspect
 import json
+import subprocess
+import sys
 import textwrap
 import warnings
 from collections import deque
@@ -256,6 +258,242 @@ def test_without_per_op_sites_the_holder_that_grew_is_named():
     [f] = ours(train())
     assert f.evidence["holder"] == "feats" and f.location.line == line_of(train, "feats.append(")
     assert f.evidence["bytes_per_step"] == 64 * 256 * 4
+
+
+# -- the shapes real bugs take (issue 10) ------------------------------------------------------
+def train_steps(model: nn.Module, steps: int, on_step=None) -> None:
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    for _ in range(steps):
+        loss = model(batch()[0]).pow(2).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        if on_step is not None:
+            on_step(loss)
+
+
+class Activations:
+    """Grad-CAM style: a forward hook on an inner layer keeps its output."""
+
+    def __init__(self, layer: nn.Module):
+        self.activations = []
+        layer.register_forward_hook(self.save)
+
+    def save(self, module, inputs, output):
+        self.activations.append(output)
+
+
+def test_a_hook_that_keeps_an_inner_layers_output_within_five_steps():
+    model = mlp()
+    cam = Activations(model[1])
+    with oomdoctor.track(quiet=True) as session:
+        train_steps(model, 5)
+    [f] = ours(session.report())
+    # found through the hook registered on the layer: named by the hook's class
+    assert f.kind == "retained-graph" and f.evidence["holder"] == "Activations.activations"
+    assert f.location.line == line_of(Activations.save, "self.activations.append(output)")
+    assert f.remedies[0].after == "self.activations.append(output.detach())"
+
+
+class RunningMean(nn.Module):
+    """A buffer updated in place from the input: each step's graph chains onto the last."""
+
+    def __init__(self):
+        super().__init__()
+        self.register_buffer("stored_mean", torch.zeros(32))
+
+    def forward(self, x):
+        self.stored_mean[:] = 0.9 * self.stored_mean + 0.1 * x.mean(0)
+        return x - x.mean(0)
+
+
+def test_a_buffer_updated_in_place_from_the_input_chains_every_steps_graph():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(16, 32), RunningMean(), nn.Linear(32, 4))
+    with oomdoctor.track(quiet=True) as session:
+        train_steps(model, 8)
+    [f] = ours(session.report())
+    assert f.kind == "retained-graph" and f.evidence["holder"] == "RunningMean.stored_mean"
+    assert f.location.line == line_of(RunningMean.forward, "self.stored_mean[:] =")
+
+
+def test_raw_tensors_with_retain_graph_one_finding_with_the_activations_kept():
+    def train():
+        torch.manual_seed(0)
+        w1 = torch.randn(16, 256, requires_grad=True)
+        w2 = torch.randn(256, 1, requires_grad=True)
+        losses = []
+        with oomdoctor.track(quiet=True) as session:
+            for _ in range(12):
+                x = torch.randn(64, 16)
+                loss = torch.tanh(x @ w1).matmul(w2).pow(2).mean()
+                loss.backward(retain_graph=True)
+                with torch.no_grad():
+                    for w in (w1, w2):
+                        w -= 0.01 * w.grad
+                        w.grad = None
+                losses.append(loss)
+        return session.report()
+
+    [f] = ours(train())  # one bug, one finding: no memory-growth beside it
+    assert f.kind == "retained-graph" and f.evidence["holder"] == "losses"
+    assert f.location.line == line_of(train, "losses.append(loss)")
+    assert f.evidence["backward"]
+    # retain_graph=True keeps every step's activations (a (64, 256) tanh output at least)
+    assert f.evidence["bytes_per_step"] >= 64 * 256 * 4
+
+
+class Meter:
+    def __init__(self):
+        self.sum = 0
+
+    def update(self, value):
+        self.sum += value
+
+
+def test_a_holder_deep_in_a_registry_of_meters_is_named_by_its_path():
+    aggregators = {"train": {"loss": Meter(), "acc": Meter()}}
+    model = mlp()
+    with oomdoctor.track(quiet=True) as session:
+        train_steps(model, 8, on_step=lambda loss: aggregators["train"]["loss"].update(loss))
+    [f] = ours(session.report())
+    assert f.evidence["holder"] == "aggregators['train']['loss'].sum"
+    assert f.location.line == line_of(Meter.update, "self.sum += value")
+    assert f.remedies[0].after == "self.sum += value.item()"
+
+
+def test_a_dict_filled_with_a_variable_key_matches_by_structure():
+    def train():
+        model = mlp()
+        opt = torch.optim.SGD(model.parameters(), lr=0.01)
+        total_loss = {"box": 0, "cls": 0}
+        with oomdoctor.track(quiet=True) as session:
+            for _ in range(8):
+                out = model(batch()[0])
+                parts = {"box": out[:, 0].pow(2).mean(), "cls": out[:, 1].pow(2).mean()}
+                opt.zero_grad()
+                sum(parts.values()).backward()
+                opt.step()
+                for name, value in parts.items():
+                    total_loss[name] += value
+        return session.report()
+
+    [f] = ours(train())
+    assert f.kind == "retained-graph" and f.evidence["holder"].startswith("total_loss[")
+    assert f.location.line == line_of(train, "total_loss[name] += value")
+
+
+class Net:
+    """skorch style: one `infer()` for training and validation."""
+
+    def __init__(self):
+        self.module = mlp()
+        self.opt = torch.optim.SGD(self.module.parameters(), lr=0.01)
+
+    def infer(self, x):
+        return self.module(x)
+
+    def train_step(self, x, y):
+        self.module.train()
+        loss = nn.functional.cross_entropy(self.infer(x), y)
+        self.opt.zero_grad()
+        loss.backward()
+        self.opt.step()
+
+    def validation_step(self, x, y):
+        self.module.eval()
+        return nn.functional.cross_entropy(self.infer(x), y).item()
+
+    def fit(self, epochs: int) -> None:
+        for _ in range(epochs):
+            for _ in range(4):
+                self.train_step(*batch())
+            for _ in range(3):
+                self.validation_step(*batch())
+
+
+def test_a_forward_shared_by_training_and_evaluation_is_judged_per_call():
+    with oomdoctor.track(quiet=True) as session:
+        Net().fit(3)
+    [f] = ours(session.report())
+    assert f.kind == "missing-no-grad"
+    assert f.location.line == line_of(Net.validation_step, "cross_entropy(self.infer(x), y).item()")
+
+
+WATCHED = """\
+    import torch
+    import oomdoctor
+    from torch import nn
+
+    torch.manual_seed(0)
+    model = nn.Linear(16, 4)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    losses = []
+
+    @oomdoctor.watch(quiet=True, json={json!r})
+    def train_step(x):
+        loss = model(x).pow(2).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss)
+
+    for _ in range(8):
+        train_step(torch.randn(8, 16))
+    train_step.stop()
+"""
+
+
+def test_a_watched_step_appending_to_a_module_level_list(tmp_path):
+    script = tmp_path / "watched.py"
+    script.write_text(textwrap.dedent(WATCHED.format(json=str(tmp_path / "r.json"))))
+    result = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    [f] = [f for f in json.loads((tmp_path / "r.json").read_text())["findings"] if f["kind"] in KINDS]
+    assert f["kind"] == "retained-graph" and f["location"]["line"] == 16
+    assert f["remedies"][0]["after"] == "losses.append(loss.item())"
+
+
+def test_steady_growth_is_seen_within_ten_steps_in_the_default_mode():
+    def train(grow_with_cat: bool):
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Linear(16, 256), nn.ReLU())
+        opt = torch.optim.SGD(model.parameters(), lr=0.01)
+        kept, history = [], torch.zeros(0, 256)
+        with oomdoctor.track(quiet=True) as session:
+            for _ in range(10):
+                out = model(batch(64)[0])
+                loss = out.pow(2).mean()
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+                if grow_with_cat:
+                    history = torch.cat([history, out.detach()])
+                else:
+                    kept.append(out.detach().clone())
+        return session.report()
+
+    for grow_with_cat, holder, text in ((False, "kept", "kept.append("), (True, "history", "history = torch.cat")):
+        [f] = ours(train(grow_with_cat))
+        assert f.kind == "memory-growth" and f.evidence["holder"] == holder
+        assert f.location.line == line_of(train, text)
+
+
+def test_batches_built_before_the_session_are_not_growth():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 4))
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    batches = [(torch.randn(32, 8, 8), torch.randint(0, 4, (32,))) for _ in range(40)]
+    with oomdoctor.track(quiet=True) as session:  # a notebook cell, the pytest fixture
+        for x, y in batches:
+            loss = nn.functional.cross_entropy(model(x), y)  # the model views each batch
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    report = session.report()
+    assert ours(report) == []
+    ends = [s.end_bytes for s in report.steps]
+    assert max(ends) - min(ends) < 32 * 8 * 8 * 4  # no batch counted as made by a step
 
 
 # -- clean patterns ----------------------------------------------------------------------------

@@ -12,9 +12,10 @@ as the node (nodes cannot be weak-referenced; markers can). Graphs are marked
 That is all the per-call cost (~2 us): no graph walks and no frame scans until something is
 detected.
 
-Retained graphs: whatever the mark, graphs are counted by the step that made them. Two clocks:
-- steps: at a step's end, graphs from `MIN_OLD` different steps at least `OLD` steps old are
-  alive (a leak from the first step is seen at the fifth);
+Retained graphs: whatever the mark, graphs are counted by when they were made. Two clocks:
+- steps: each graph is stamped with the number of backward passes run before it; at a step's
+  end, graphs of `MIN_OLD` different stamps at least `OLD_STEPS` steps' worth of backward
+  passes old are alive (a leak from the first step is seen at the fifth);
 - forwards, for graphs no backward reached (an evaluation loop, where no step ends): at a call
   site, `MIN_OLD` graphs older than the site's last `OLD` forwards are alive. Such a detection
   is provisional until the session stops: a gradient-accumulation window or an RL episode keeps
@@ -36,8 +37,10 @@ from other calls), saved_bytes (what the call's first forward saved for backward
 """
 from __future__ import annotations
 
+import collections
 import functools
 import gc
+import statistics
 import weakref
 from typing import Any
 
@@ -46,7 +49,8 @@ import torch
 from ..diagnosis import attribution
 from ..diagnosis.attribution import MARKER_KEY
 
-OLD = 2  # a graph is old once this many steps (or forwards at its call site) followed it
+OLD = 2  # a graph is old once this many forwards at its call site followed it
+OLD_STEPS = 3  # ... or this many steps' worth of backward passes (a GAN's step runs two)
 MIN_OLD = 3  # old graphs alive from this many steps (or forwards): something holds them
 MAX_ATTRIBUTIONS = 8
 NODE_BYTES = 970  # host memory per retained autograd node after backward (measured, CPU, 2.13)
@@ -61,23 +65,26 @@ class Marker:
 
 
 class _Line:
-    """Backwards through the forwards of one line, whatever the call that led there."""
+    """The calls that reach one forward line, and the backwards through all of them."""
 
-    __slots__ = ("backwards",)
+    __slots__ = ("backwards", "sites")
 
     def __init__(self) -> None:
         self.backwards = 0
+        self.sites: list[_Site] = []
 
 
 class _Site:
     """A call of a model by the user's code, with counts over the session."""
 
-    __slots__ = ("location", "line", "module", "eval", "forwards", "backwards", "unused", "saved_bytes", "event",
-                 "pending", "attributed")
+    __slots__ = ("chain", "location", "line", "module", "eval", "forwards", "backwards", "unused", "saved_bytes",
+                 "event", "pending", "attributed")
 
-    def __init__(self, location: dict[str, Any], line: _Line, module: torch.nn.Module):
-        self.location = location
+    def __init__(self, chain: tuple, line: _Line, module: torch.nn.Module):
+        self.chain = chain
+        self.location = _location(chain[0])
         self.line = line
+        line.sites.append(self)
         self.module = type(module).__name__
         self.eval = not module.training
         self.forwards = 0
@@ -125,6 +132,11 @@ class GraphProbe:
         self._attributions = 0
         self._steps_at_attribution = 0
         self._next_check = 0
+        # The steps' clock: graphs are stamped with the backward passes run before them, which
+        # a probe sees as they happen (the session closes a step only at the next one's optimizer).
+        self.backwards = 0
+        self._deltas: collections.deque[int] = collections.deque(maxlen=5)  # backward passes per step, lately
+        self._backwards_at_step_end = 0
 
     # -- probe protocol ------------------------------------------------------------------------
     def start(self, session: Any) -> None:
@@ -165,13 +177,10 @@ class GraphProbe:
             return
         site = self.sites.get(chain)
         if site is None:
-            file, line, function = chain[0]
-            location = {"file": file, "line": line, "function": function,
-                        "code": attribution.source_line(file, line)}
-            site = self.sites[chain] = _Site(location, self.lines.setdefault(chain[0], _Line()), module)
+            site = self.sites[chain] = _Site(chain, self.lines.setdefault(chain[0], _Line()), module)
         site.forwards += 1
         site.eval = site.eval and not module.training
-        forward = self._mark(nodes, _Forward(_step(session), site), hook=True)
+        forward = self._mark(nodes, _Forward(self.backwards, site), hook=True)
         site.pending.append(forward)
         if site.saved_bytes is None:  # once per call: what one of its graphs holds
             site.saved_bytes = attribution.walk_graph(nodes, budget=20_000).saved_bytes
@@ -183,14 +192,15 @@ class GraphProbe:
         """Before a backward pass: mark its roots (a loss kept after backward keeps them)."""
         nodes = _output_nodes(tuple(tensors))
         if nodes:
-            self._mark(nodes, _Forward(_step(session), None, backward=True), hook=False)
+            self._mark(nodes, _Forward(self.backwards, None, backward=True), hook=False)
+        self.backwards += 1
 
     def module_end(self, session: Any, module: torch.nn.Module, output: Any) -> None:
         """An inner module's forward returned, on a sampled step: mark its output."""
         if torch.is_grad_enabled():
             nodes = _output_nodes(output)
             if nodes:
-                self._mark(nodes, _Forward(_step(session), None), hook=True)
+                self._mark(nodes, _Forward(self.backwards, None), hook=True)
 
     def _mark(self, nodes: list[Any], forward: _Forward, hook: bool) -> _Forward:
         for node in nodes:
@@ -211,16 +221,17 @@ class GraphProbe:
             session._warn(f"internal error in the graph probe: {exc!r}")
 
     def _step_end(self, index: int) -> None:
+        self._deltas.append(self.backwards - self._backwards_at_step_end)
+        self._backwards_at_step_end = self.backwards
         if any(e["clock"] == "step" for e in self.holders.values()):
             self._follow(index)
-        elif index >= self._next_check and self._old_steps(index) >= MIN_OLD:
+        elif self.backwards >= self._next_check and self._old_steps() >= MIN_OLD:
             gc.collect()  # graphs in reference cycles wait for the collector: not held
-            if self._old_steps(index) >= MIN_OLD:
-                old = [f for f in list(self.alive.values()) if f.step <= index - OLD]
-                self._steps_at_attribution = self._old_steps(index)
-                self._attribute(old, "step", index)
+            if self._old_steps() >= MIN_OLD:
+                self._steps_at_attribution = self._old_steps()
+                self._attribute(self._old(), "step", index)
             else:
-                self._next_check = index + max(8, index)
+                self._next_check = self.backwards + max(8, self.backwards)
 
     # -- unused graphs -------------------------------------------------------------------------
     def _freed(self, forward: _Forward, _ref: weakref.ref) -> None:
@@ -245,14 +256,23 @@ class GraphProbe:
 
     def _publish_site(self, site: _Site) -> None:
         if site.event is None:
-            site.event = attribution.new_event(self.session.timeline, "unused-graph", location=site.location,
+            site.event = attribution.new_event(self.session.timeline, "unused-graph", location=_own_call(site),
                                                module=site.module)
         site.event.update(eval=site.eval, forwards=site.forwards, backwards=site.backwards, unused=site.unused,
                           line_backwards=site.line.backwards - site.backwards, saved_bytes=site.saved_bytes or 0)
 
     # -- retained graphs -----------------------------------------------------------------------
-    def _old_steps(self, index: int) -> int:
-        return sum(1 for step in list(self.alive_by_step) if step <= index - OLD)
+    def _old_steps(self) -> int:
+        """Backward passes (steps, or a GAN's halves) whose graphs are old and still alive."""
+        return sum(1 for step in list(self.alive_by_step) if step <= self._old_stamp())
+
+    def _old(self) -> list[_Forward]:
+        return [f for f in list(self.alive.values()) if f.step <= self._old_stamp()]
+
+    def _old_stamp(self) -> int:
+        # Backward passes per step: 2 in a GAN, the micro-batches of gradient accumulation; the
+        # median, as steps held back without an optimizer close all at once at the end.
+        return self.backwards - OLD_STEPS * max(1, statistics.median_low(self._deltas or [1]))
 
     def _check_forward_clock(self, site: _Site) -> None:
         alive = len(site.pending)
@@ -273,11 +293,10 @@ class GraphProbe:
     def _follow(self, index: int) -> None:
         """After detection on the step clock: keep the counts current, attribute again when they
         doubled."""
-        steps = self._old_steps(index) if len(self.alive_by_step) < 4096 else len(self.alive_by_step)
+        steps = self._old_steps() if len(self.alive_by_step) < 4096 else len(self.alive_by_step)
         if steps >= 2 * self._steps_at_attribution and self._attributions < MAX_ATTRIBUTIONS:
-            old = [f for f in list(self.alive.values()) if f.step <= index - OLD]
             self._steps_at_attribution = steps
-            self._attribute(old, "step", index)
+            self._attribute(self._old(), "step", index)
             return
         scale = steps / max(1, self._steps_at_attribution)
         for event in self.holders.values():
@@ -305,12 +324,14 @@ class GraphProbe:
             found.append((holder, attribution.all_tensors(holder), attribution.attach_statement(holder, method)))
         accumulating = [f for f in found if f[2] is not None and f[2].accumulating]
         if accumulating:
-            found = accumulating
+            found = _one_per_line(accumulating)
         elif found:
             found = [max(found, key=lambda f: len(f[1]))]
         if not found and not self.holders:
             found = [(None, [], None)]  # held, but not from the user's frames: report it anyway
         for holder, tensors, attach in found:
+            if attach is not None and _nested(holder):  # `rows.append({"loss": loss})`: no one-word fix
+                attach.before = attach.after = None
             self._record(holder, tensors, attach, old_forwards, clock, at, site)
 
     def _record(self, holder: Any, tensors: list[torch.Tensor], attach: Any, old_forwards: list[_Forward],
@@ -380,10 +401,39 @@ def _output_nodes(output: Any, root: bool = False) -> list[Any]:
     return nodes
 
 
-def _step(session: Any) -> int:
-    """The open step's index (before the session has `step_index`: the ledger's)."""
-    index = getattr(session, "step_index", None)
-    return session.ledger.step if index is None else index
+def _nested(holder: Any) -> bool:
+    """The holder's tensors sit inside its items (dicts, tuples), not directly in it."""
+    value = holder.value
+    if isinstance(value, torch.Tensor):
+        return False
+    items = list(value.values()) if isinstance(value, dict) else list(value)
+    return not any(isinstance(item, torch.Tensor) for item in items[:8] + items[-8:])
+
+
+def _one_per_line(found: list[tuple[Any, list[torch.Tensor], Any]]) -> list[tuple[Any, list[torch.Tensor], Any]]:
+    """One holder per attaching statement: `total_loss[name] += v` fills every key of the
+    dict, one bug; the first name found (the shortest) carries the tensors of all."""
+    by_line: dict[tuple[str, int], tuple[Any, list[torch.Tensor], Any]] = {}
+    for holder, tensors, attach in found:
+        first = by_line.setdefault((attach.file, attach.line), (holder, [], attach))
+        first[1].extend(tensors)
+    return list(by_line.values())
+
+
+def _location(site: tuple[str, int, str]) -> dict[str, Any]:
+    file, line, function = site
+    return {"file": file, "line": line, "function": function, "code": attribution.source_line(file, line)}
+
+
+def _own_call(site: _Site) -> dict[str, Any]:
+    """The forward's line, or where its line is back-propagated from other calls (a shared
+    `infer()`), the innermost line of this call that those calls do not share: where to put
+    `no_grad`."""
+    trained = [s.chain for s in site.line.sites if s.backwards and s is not site]
+    for depth, frame in enumerate(site.chain):
+        if all(len(chain) <= depth or chain[depth] != frame for chain in trained):
+            return _location(frame)
+    return site.location
 
 
 def _discard(pending: list[_Forward], forward: _Forward) -> None:

@@ -152,14 +152,17 @@ class GrowthProbe:
             self._attribute(target, now)
 
     def _growing_site(self, exact: list[int], by_step: dict[int, int], sites: list, top: list) -> tuple | None:
-        """The line to attribute: the largest survivors' line when survivors come from three
-        steps or more (one of the latest two included), or a line that grew at three scans."""
+        """The line to attribute: the largest survivors' line when survivors come from the
+        latest two exact steps, or from three (one of the latest two included), or a line that
+        grew at the last three exact steps. Early on purpose (the warm-up steps are enough):
+        naming the holder only starts measuring it, and its own bytes decide."""
         with_survivors = [k for k in exact if by_step.get(k, 0) > 0]
-        if len(with_survivors) >= 3 and set(exact[-2:]) & set(with_survivors) and sites:
+        latest = set(exact[-2:]) & set(with_survivors)
+        if sites and (len(latest) == 2 or len(with_survivors) >= 3 and latest):
             return sites[0][0]
         for site, _ in top:
-            points = self._site_points.get(site, [])[-4:]
-            if len(points) == 4 and all(b[1] > a[1] for a, b in zip(points, points[1:])):
+            points = self._site_points.get(site, [])[-3:]
+            if len(points) == 3 and all(b[1] > a[1] for a, b in zip(points, points[1:])):
                 return site
         return None
 

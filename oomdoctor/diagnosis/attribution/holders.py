@@ -155,7 +155,7 @@ def _visit(node: _Node, root: Any, frame: types.FrameType | None, seen: set[int]
         if filename and is_user_file(filename):  # a module of the user's: its globals
             for attr, item in _items(vars(value)):
                 _push(queue, node, f".{attr}", ("attr", attr), item,
-                      extra=[("module", filename, (("name", attr),))])
+                      extra=[("module", filename, ())])
     elif isinstance(value, types.FunctionType):
         _push_closure(queue, node, value)
     elif isinstance(value, types.MethodType):
@@ -169,15 +169,18 @@ def _visit(node: _Node, root: Any, frame: types.FrameType | None, seen: set[int]
 
 def _push(queue: collections.deque, node: _Node, suffix: str, step: Step, item: Any,
           extra: list[Scope] | None = None, rename: str | None = None) -> None:
-    """Queue `item`, reached from `node` by `step`; `extra` scopes start at this step."""
-    scopes = [(kind, where, pattern + (step,)) for kind, where, pattern in node.scopes]
-    if extra:
-        scopes = [(kind, where, pattern + (step,)) for kind, where, pattern in extra] + scopes
+    """Queue `item`, reached from `node` by `step`; `extra` scopes start at this step (a
+    module's global starts as a name there)."""
+    scopes = [(kind, where, _extend(pattern, step)) for kind, where, pattern in (extra or []) + node.scopes]
     if rename is not None:  # a bound method: its object is named by its class
         name, scopes = rename, [("class", type(item), (("name", "self"),))]
     else:
         name = node.name + suffix
     queue.append(_Node(name, node.steps + (step,), scopes, item, node.depth + 1))
+
+
+def _extend(pattern: tuple, step: Step) -> tuple:
+    return pattern + (step,) if pattern else (("name", step[1]),)
 
 
 def _push_module(queue: collections.deque, node: _Node, module: torch.nn.Module) -> None:

@@ -36,8 +36,8 @@ class Attach:
     line: int
     function: str
     code: str  # the statement as written (its first line when it spans several)
-    before: str
-    after: str
+    before: str | None  # None where no one-word fix applies (a dict built around the tensor)
+    after: str | None
     method: str  # .item() | .detach() | .cpu()
     accumulating: bool  # adds to what the holder had (+=, append, x = x + ...), not a plain store
 

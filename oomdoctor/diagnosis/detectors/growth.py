@@ -26,6 +26,7 @@ from ...core.timeline import Timeline
 WARMUP = 3  # steps left out of the series: optimizer state, caches, first batches
 MIN_RATE = 1024  # bytes per step worth reporting
 MIN_TOTAL = 256 * 1024  # growth over the run worth reporting
+SHORT = 16  # holder measurements below which the holder must rise at nearly every one
 
 
 @dataclass
@@ -34,6 +35,7 @@ class Fit:
     late: float  # the slope over the later half of the points
     span: int  # steps between the first and last point
     last: int  # bytes at the last point
+    steady: float  # the share of consecutive points that rose
 
     def rising(self) -> bool:
         return self.slope > 0 and self.late >= 0.25 * self.slope
@@ -48,7 +50,10 @@ def detect(timeline: Timeline) -> list[Finding]:
         return []
     holder = fit([(p[0], p[1]) for p in event.get("holder_series", [])], min_points=3, min_span=2)
     series = fit([p for p in timeline.series if p[0] >= WARMUP]) if event.get("all_exact") else None
-    holder_grows = holder is not None and holder.grows(holder.last)
+    # A holder named late in a run has a short series: it must rise at nearly every point (a
+    # pool that fills slowly and stops is not growth).
+    holder_grows = holder is not None and holder.grows(holder.last) and (
+        len(event.get("holder_series", [])) >= SHORT or holder.steady >= 0.75)
     if holder is not None or series is not None:
         if holder_grows:
             rate = holder.slope
@@ -69,7 +74,9 @@ def detect(timeline: Timeline) -> list[Finding]:
 def fit(points: list[tuple[int, int]], min_points: int = 6, min_span: int = 8) -> Fit | None:
     if len(points) < min_points or points[-1][0] - points[0][0] < min_span:
         return None
-    return Fit(theil_sen(points), theil_sen(points[len(points) // 2:]), points[-1][0] - points[0][0], points[-1][1])
+    rose = sum(1 for a, b in zip(points, points[1:]) if b[1] > a[1])
+    return Fit(theil_sen(points), theil_sen(points[len(points) // 2:]), points[-1][0] - points[0][0], points[-1][1],
+               rose / (len(points) - 1))
 
 
 def theil_sen(points: list[tuple[int, int]]) -> float:

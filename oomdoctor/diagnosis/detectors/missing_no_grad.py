@@ -2,9 +2,12 @@
 
 Typically evaluation or inference without `torch.no_grad()`, often with the model in `eval()`:
 every activation needed for a backward that never comes is saved, which can multiply the
-memory of the pass. Reads the `unused-graph` events of probes/graphs.py (one per call site,
-with counts) and reports a call site only when none of its forwards was back-propagated, so a
-training step that skips one backward is not flagged. When the run ended with an exception the
+memory of the pass. Reads the `unused-graph` events of probes/graphs.py (one per call: the
+forward's line and the user's lines that led to it, with counts) and reports a call only when
+none of its forwards was back-propagated, so a training step that skips one backward is not
+flagged. When the same line is back-propagated from other calls (one `infer()` used by training
+and evaluation), the call is reported only with the model in eval() mode, at least twice: a
+GAN step that detaches a generator's output builds a graph for nothing too, in train() mode. When the run ended with an exception the
 last forward may have been cut short before its backward: such a site needs two unused graphs.
 """
 from __future__ import annotations
@@ -17,7 +20,8 @@ from ...core.timeline import Timeline
 def detect(timeline: Timeline) -> list[Finding]:
     need = 2 if timeline.exception is not None else 1
     return [_finding(e) for e in timeline.events
-            if e["kind"] == "unused-graph" and e.get("backwards", 0) == 0 and e.get("unused", 0) >= need]
+            if e["kind"] == "unused-graph" and e.get("backwards", 0) == 0 and e.get("unused", 0) >= need
+            and (not e.get("line_backwards") or e.get("eval") and e.get("unused", 0) >= 2)]
 
 
 def _finding(e: dict) -> Finding:
