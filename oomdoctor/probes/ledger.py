@@ -177,6 +177,10 @@ class LedgerMode(TorchDispatchMode):
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         __tracebackhide__ = True  # pytest and IPython hide this frame from the user's traceback
         out = func(*args, **(kwargs or {}))
+        if func.is_view:
+            # Its storage is counted already, or was made before the session or on a step not
+            # watched (a batch built in advance): adopting it now would be growth that is not.
+            return out
         category = self.category_now()
         for leaf in tree_leaves(out):
             if isinstance(leaf, torch.Tensor):
