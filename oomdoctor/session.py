@@ -136,7 +136,7 @@ class Session:
         if exc is not None:
             self.record_exception(exc)
         try:
-            self.clock.finish()
+            self.clock.finish(failed=self.timeline.exception is not None)
         except Exception as err:
             self.warn(f"internal error while closing the last step: {err!r}")
         write_memory_viz(self)
@@ -163,6 +163,8 @@ class Session:
         from .report.output import emit  # late: output imports renderers that import this module
 
         report = self.stop(exc if exc is not None and not isinstance(exc, StepLimitReached) else None)
+        if os.getpid() != self.pid:
+            return  # a forked child: the process that started the session reports
         emit(report, quiet=self.quiet, json_path=self.json_path, html_path=self.html_path)
 
     # -- explicit steps ------------------------------------------------------------------------
@@ -201,6 +203,11 @@ class Session:
         """Every step's start and end bytes are measured (not estimated): CUDA's allocator, the
         ledger on every op, or the C heap on CPU (core/malloc.py)."""
         return self.on_cuda or self.exact or malloc.available()
+
+    @property
+    def heap_totals(self) -> bool:
+        """Some steps' totals were read from the C heap (CPU, per-op view not on every step)."""
+        return not self.on_cuda and not self.exact and malloc.available() and self.timeline.steps_total > self._sampler.warmup
 
     @property
     def callbacks(self) -> int:
@@ -246,6 +253,9 @@ class Session:
         for probe in self.probes:
             if hasattr(probe, "backward_start"):
                 self._probe(probe.backward_start, tensors)
+
+    def backward_failed(self) -> None:
+        self._pop("backward")
 
     def backward_end(self) -> None:
         self._pop("backward")

@@ -65,8 +65,6 @@ def _linear(n_in: int, n_out: int):
     return [torch.empty(n_out, n_in), torch.empty(n_out)]
 
 
-@pytest.mark.xfail(strict=True, reason="core: a backward that raises still ends the step (hooks.py "
-                   "calls backward_end in `finally`), so the exception is recorded in the next step")
 def test_the_header_and_the_finding_name_the_same_step(big_batch):
     _, report, finding = big_batch
     # The OOM happened in the first iteration's backward pass: the step that was open.

@@ -38,7 +38,7 @@ def build_report(session: "Session", exit_code: int | None) -> Report:
         command=session.command,
         duration_s=round(time.perf_counter() - session.started_at, 3),
         aggregates=_aggregates(session),
-        notes=session.notes + _run_notes(session) + notes,
+        notes=session.notes + _run_notes(session, findings) + notes,
     )
 
 
@@ -91,16 +91,28 @@ def _aggregates(session: "Session") -> dict[str, Any]:
     return aggregates
 
 
-def _run_notes(session: "Session") -> list[str]:
+def _run_notes(session: "Session", report_findings: list) -> list[str]:
     """What the numbers cannot show by themselves: where the peak was, what was not watched."""
     t = session.timeline
     notes = []
     if t.peak_where and t.peak_step is None:
         notes.append(f"The peak ({_mib(t.peak_bytes)}) happened {t.peak_where}, not inside a step.")
     if t.peak_estimated:
+        low, high = session.meter.headrooms
+        spread = f" Watched steps peaked {_mib(low)} to {_mib(high)} above their highest reading, so an " \
+                 f"estimate may be off by about {_mib(high - low)}." if high >= low else ""
         notes.append("`~` marks an estimated peak: on steps the per-op view did not watch, the peak "
                      "between two readings is the highest reading plus the headroom of the last "
-                     "watched step (--exact measures every step).")
+                     f"watched step (--exact measures every step).{spread}")
+    if t.steps_total == 0 and session.hooks.children:
+        notes.append(f"This process ran no step, and started {session.hooks.children} child process(es) "
+                     "(mp.spawn, a Pool, DataLoader workers): work there is not watched. Launch the "
+                     "ranks with `oomdoctor run --nproc-per-node N` or torchrun, or call "
+                     "`oomdoctor.track()` inside the worker function.")
+    if session.heap_totals and any(f.kind == "retained-graph" for f in report_findings):
+        notes.append("On steps the per-op view skipped, totals come from the C heap: they include the "
+                     "host memory of the retained autograd graphs (about 1 KB per node), which "
+                     "--exact, counting tensor storages only, leaves out.")
     threads = session.hooks.other_threads
     if threads:
         names = ", ".join(sorted(threads)[:4])

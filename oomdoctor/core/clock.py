@@ -176,13 +176,19 @@ class StepClock:
             self._close_now()
         self._open_step(self.now())
 
-    def finish(self) -> None:
+    def finish(self, failed: bool = False) -> None:
         """The session stops. What ran after the last boundary (evaluation, saving) is no step:
-        its peak counts for the run's peak only."""
+        its peak counts for the run's peak only. When the run failed, the step that was open is
+        the step that failed: it is a step (the post-mortem names it)."""
         if self.pending and not self.optimizer_seen:
             self._flush_pending()  # backward-only steps and no optimizer: hand-written updates
         step, self.open = self.open, None
         if step is None:
+            return
+        if failed and not self.explicit:
+            self.open = step
+            self._close_now()
+            self.open = None
             return
         self.meter.boundary()
         if step.end_bytes is not None and not self.explicit:

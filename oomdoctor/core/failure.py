@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from ..diagnosis.failure_names import names_at_failure
 from ..probes import cuda
 
 if TYPE_CHECKING:
@@ -26,18 +27,21 @@ def describe(session: "Session", exc: BaseException) -> dict[str, Any]:
     ]
     message = message_of(exc)
     phases = session.phases
+    phase = _phase_of(frames) or (phases[-1] if phases else "other")
+    largest = session.ledger.largest(5)
+    holders = names_at_failure(exc.__traceback__, [e.ref() if e.ref is not None else None for e in largest])
     return {
         "type": type(exc).__name__,
         "message": message.splitlines()[0] if message else "",
         "frames": frames,
-        "phase": _phase_of(frames) or (phases[-1] if phases else "other"),
+        "phase": phase,
         "step": session.step_index,
         "live_bytes": session.meter.current_bytes(),
-        "by_category": session.meter.live_by_category(),
+        "by_category": session.meter.live_by_category("activations" if phase in ("forward", "backward") else "other"),
         "largest": [
             {"bytes": e.nbytes, "category": e.category, "step": e.step,
-             "site": None if e.site is None else vars(e.site)}
-            for e in session.ledger.largest(5)
+             "site": None if e.site is None else vars(e.site), "holders": names}
+            for e, names in zip(largest, holders)
         ],
         "allocator": cuda.allocator_stats(session.device) if session.on_cuda else None,
     }

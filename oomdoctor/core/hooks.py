@@ -55,6 +55,7 @@ class Listener(Protocol):
     def optimizer_post(self, optimizer: torch.optim.Optimizer) -> None: ...
     def backward_start(self, tensors: tuple) -> None: ...
     def backward_end(self) -> None: ...
+    def backward_failed(self) -> None: ...
     def warn(self, message: str) -> None: ...
 
 
@@ -66,6 +67,7 @@ class HookSet:
         self.thread = threading.get_ident()
         self.callbacks = 0  # calls into oomdoctor from PyTorch: the cost that scales
         self.other_threads: dict[str, int] = {}  # what ran in threads that are not watched
+        self.children = 0  # processes started while the session ran
         self.depth = 0  # module call depth on our thread
         self._handles: list[Any] = []
         self._global_handles: list[Any] = []
@@ -86,6 +88,7 @@ class HookSet:
             self._guarded(lambda opt, args, kwargs: listener.optimizer_post(opt), "optimizer step")))
         self._wrap_backward()
         self._watch_compile()
+        self._count_children()
 
     def remove(self) -> None:
         self.per_op(False, force=True)
@@ -118,9 +121,13 @@ class HookSet:
             roots = (tensors,) if isinstance(tensors, torch.Tensor) else tuple(tensors)
             hooks._call(hooks.listener.backward_start, roots)
             try:
-                return original(tensors, *args, **kwargs)
-            finally:
-                hooks._call(hooks.listener.backward_end)
+                result = original(tensors, *args, **kwargs)
+            except BaseException:
+                # A backward that raised ends no step: the failure belongs to the step it ran in.
+                hooks._call(hooks.listener.backward_failed)
+                raise
+            hooks._call(hooks.listener.backward_end)
+            return result
 
         backward.__wrapped__ = original  # type: ignore[attr-defined]
         torch.autograd.backward = backward
@@ -128,6 +135,26 @@ class HookSet:
         def restore() -> None:
             if torch.autograd.backward is backward:
                 torch.autograd.backward = original
+
+        self._undo.append(restore)
+
+    def _count_children(self) -> None:
+        """Processes started from here (mp.spawn, Pool, DataLoader workers): work done there is
+        not watched, which the report says when this process itself ran no step."""
+        import multiprocessing.process as mpp
+
+        original = mpp.BaseProcess.start
+        hooks = self
+
+        def start(process: Any) -> None:
+            hooks.children += 1
+            return original(process)
+
+        mpp.BaseProcess.start = start  # type: ignore[method-assign]
+
+        def restore() -> None:
+            if mpp.BaseProcess.start is start:
+                mpp.BaseProcess.start = original  # type: ignore[method-assign]
 
         self._undo.append(restore)
 

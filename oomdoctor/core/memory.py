@@ -55,6 +55,7 @@ class MemoryMeter:
         self._complete = True  # every step so far was watched op by op: the ledger has it all
         self._unseen = 0  # bytes the heap holds beyond the ledger, once a step went unwatched
         self._headroom = 0
+        self.headrooms = (1 << 62, 0)  # the least and most headroom seen: how far estimates may be off
         self._points_max = 0
         self._point_at_max: dict[str, int] = {}
 
@@ -98,6 +99,7 @@ class MemoryMeter:
             self._activations = by_category.get("activations", 0)
             if self._points_max:
                 self._headroom = max(0, peak - self._points_max)
+                self.headrooms = (min(self.headrooms[0], self._headroom), max(self.headrooms[1], self._headroom))
             if self._unseen:
                 by_category = dict(by_category)
                 by_category["other"] += self._unseen
@@ -156,9 +158,11 @@ class MemoryMeter:
                 return total
         return self.ledger.total + self._grad_bytes
 
-    def live_by_category(self) -> dict[str, int]:
+    def live_by_category(self, rest: str = "other") -> dict[str, int]:
+        """Live bytes by category. On CUDA what the ledger does not know goes to `rest`
+        (activations, when asked in the middle of a forward or backward pass)."""
         if self.on_cuda:
-            return _with_other(dict(self.ledger.by_category), self.current_bytes(), "other")
+            return _with_other(dict(self.ledger.by_category), self.current_bytes(), "other" if self.exact_window else rest)
         if not self.exact_window and self._heap_offset is not None:
             return self._estimate(self.current_bytes())
         return dict(self.ledger.by_category)

@@ -32,7 +32,7 @@ class StepLog:
         )
         t.add(record)
         t.note_peak(record.peak_bytes, record.by_category, record.index, estimated=not record.exact)
-        if record.exact and t.batch_size:
+        if record.exact and t.batch_size and t.exception is None:  # a failed step is no profile
             # What the batch costs: the step's peak beyond parameters and optimizer state. Counting
             # gradients in (backward's temporaries are among them) errs on the safe side.
             live = session.ledger.by_category

@@ -23,7 +23,7 @@ from rich.text import Text
 
 from ..distributed.merge import job_total
 from ..sizes import format_bytes
-from .model import CATEGORIES, Finding, Report, Step
+from .model import CATEGORIES, Finding, Report, Step, no_findings
 from .text import CODE, ITEMS, TEXT, TITLE, clean, more
 
 _BLOCKS = " ▁▂▃▄▅▆▇█"
@@ -68,7 +68,7 @@ def render(report: Report, width: int = DEFAULT_WIDTH) -> Group:
     if len(findings) > ITEMS:
         parts.append(Text(more(ITEMS, len(findings), "findings"), style="dim"))
     if not report.findings:
-        parts.append(Text("No memory problem found.", style="green"))
+        parts.append(Text(no_findings(report), style="green" if report.steps_total else "yellow"))
     if report.batch:
         parts.append(_batch(report.batch))
     for note in report.notes[:ITEMS]:

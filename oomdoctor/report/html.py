@@ -24,7 +24,7 @@ from typing import Any
 from ..errors import BadInput
 from ..sizes import format_bytes
 from .json import check_writable
-from .model import Finding, Remedy, Report
+from .model import Finding, Remedy, Report, no_findings
 from .svg import COLORS, STACK, chart_steps, legend, timeline_svg
 from .text import CODE, ITEMS, TEXT, TITLE, clean, more
 
@@ -157,7 +157,7 @@ def _breakdown(report: Report) -> str:
 def _findings(report: Report) -> str:
     findings = report.findings_by_stake()
     if not findings:
-        return '<section id="findings"><h2>Findings</h2><p class="good">No memory problem found.</p></section>'
+        return f'<section id="findings"><h2>Findings</h2><p class="good">{_e(no_findings(report))}</p></section>'
     cards = "\n".join(_finding(i, f) for i, f in enumerate(findings[:ITEMS], 1))
     if len(findings) > ITEMS:
         cards += f'\n<p class="empty">{_e(more(ITEMS, len(findings), "findings"))}</p>'

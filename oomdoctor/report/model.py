@@ -122,3 +122,10 @@ class Report:
         """Findings ordered as the report shows them: errors first, then by bytes at stake."""
         order = {s: i for i, s in enumerate(SEVERITIES)}
         return sorted(self.findings, key=lambda f: (order.get(f.severity, 9), -(f.bytes or 0)))
+
+
+def no_findings(report: "Report") -> str:
+    """What a report without findings says: nothing found, or nothing watched."""
+    if report.steps_total == 0:
+        return "No step was watched in this process, so nothing can be said about one (see the notes)."
+    return "No memory problem found."
