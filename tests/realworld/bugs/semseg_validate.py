@@ -4,7 +4,6 @@
 # Fix: `with torch.no_grad(): output = model(input)`.
 # Expected finding: missing-no-grad at `output = model(input)` in validate().
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 

@@ -4,7 +4,6 @@
 # Fix: `with torch.no_grad(): output = model(input)`.
 # Fixed twin: the validation forward runs under no_grad.
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 
