@@ -261,6 +261,10 @@ def modules_and_ops(case: Case, device: str) -> tuple[int, int]:
 
 
 def report(case: Case, times: dict[str, list[float]], device: str) -> None:
+    if not times:  # --callbacks-only
+        print(f"\n{case.name}:")
+        callbacks(case, device)
+        return
     base_median = statistics.median(times["plain"])
     base_mean = statistics.fmean(times["plain"])
     print(f"\n{case.name}: {len(times['plain'])} {case.unit}s per configuration")
@@ -269,6 +273,10 @@ def report(case: Case, times: dict[str, list[float]], device: str) -> None:
         median, mean = statistics.median(values), statistics.fmean(values)
         print(f"  {config:32} {median * 1e3:8.2f}ms {median / base_median:6.2f}x "
               f"{mean * 1e3:8.2f}ms {mean / base_mean:6.2f}x")
+    callbacks(case, device)
+
+
+def callbacks(case: Case, device: str) -> None:
     calls, ops = modules_and_ops(case, device)
     print(f"  one {case.unit}: {calls} module calls, {ops} ATen ops")
     for label, exact in (("default", False), ("exact", True)):
@@ -287,6 +295,7 @@ def main() -> None:
     parser.add_argument("--only", help="comma-separated loops: " + ",".join(CASES))
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--quick", action="store_true", help="a fifth of the steps, two rounds, no MemTracker")
+    parser.add_argument("--callbacks-only", action="store_true", help="no timing: only the callback counts")
     args = parser.parse_args()
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: no CUDA device here")
@@ -301,7 +310,8 @@ def main() -> None:
         case = CASES[name]
         steps = args.steps or (max(10, case.steps // 5) if args.quick else case.steps)
         configs = [c for c in CONFIGS if c != "MemTracker" or (case.mem_tracker and not args.quick)]
-        report(case, measure(case, steps, rounds, args.device, configs), args.device)
+        times = {} if args.callbacks_only else measure(case, steps, rounds, args.device, configs)
+        report(case, times, args.device)
 
 
 if __name__ == "__main__":

@@ -325,7 +325,10 @@ def main() -> int:
         return 0
     if args.examples is None or not (args.examples / "mnist" / "main.py").exists():
         parser.error("--examples must point at a checkout of pytorch/examples")
-    env = dict(os.environ, OOMDOCTOR_DEVICE="cpu", CUDA_VISIBLE_DEVICES="", PYTHONHASHSEED="0", MPLBACKEND="Agg")
+    # TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD: time_sequence_prediction and generate.py torch.load a numpy
+    # array and a whole model, which torch >= 2.6 refuses by default (they fail under plain python too).
+    env = dict(os.environ, OOMDOCTOR_DEVICE="cpu", CUDA_VISIBLE_DEVICES="", PYTHONHASHSEED="0", MPLBACKEND="Agg",
+               TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD="1")
     if args.site:
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(args.site.resolve()), env.get("PYTHONPATH")]))
     work = args.workdir or Path(tempfile.mkdtemp(prefix="oomdoctor-real-"))
@@ -352,7 +355,9 @@ def main() -> int:
         row, problems = check(program, plain, default, exact)
         rows.append(row)
         failures += [f"{program.name}: {p}" for p in problems]
-        print(f"  {program.name}: {len(problems)} failed check(s)", flush=True)
+        print(f"  {program.name}: {row}", flush=True)  # as it goes: a slow machine may not see the end
+        for problem in problems:
+            print(f"    - {problem}", flush=True)
     print("\nexit plain/default/exact; steps reported/done; params at the peak/real (B); "
           "peak default/exact; whole-process time vs plain")
     if rows:
