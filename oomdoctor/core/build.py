@@ -88,6 +88,8 @@ def _aggregates(session: "Session") -> dict[str, Any]:
         aggregates["batch_size"] = t.batch_size
     if t.peak_where:
         aggregates["peak_where"] = t.peak_where
+    if t.peak_estimated:
+        aggregates["peak_estimated"] = True
     return aggregates
 
 
@@ -96,7 +98,11 @@ def _run_notes(session: "Session", report_findings: list) -> list[str]:
     t = session.timeline
     notes = []
     if t.peak_where and t.peak_step is None:
-        notes.append(f"The peak ({_mib(t.peak_bytes)}) happened {t.peak_where}, not inside a step.")
+        bound = (" It is a lower bound: outside the watched steps memory is read where forward and backward "
+                 "passes end, and a forward frees its temporaries before it returns; --exact sees them."
+                 if t.peak_estimated else "")
+        notes.append(f"The peak ({'~' if t.peak_estimated else ''}{_mib(t.peak_bytes)}) happened {t.peak_where}, "
+                     f"not inside a step.{bound}")
     if t.peak_estimated:
         low, high = session.meter.headrooms
         spread = f" Watched steps peaked {_mib(low)} to {_mib(high)} above their highest reading, so an " \

@@ -122,13 +122,13 @@ def _estimated_peak(report: Report) -> bool:
     """The peak comes from a step measured by hooks only (found by its value when no step is named)."""
     at_peak = (lambda s: s.index == report.peak_step) if report.peak_step is not None else (
         lambda s: s.peak_bytes == report.peak_bytes)
-    return any(at_peak(s) and not s.exact for s in report.steps)
+    return bool(report.aggregates.get("peak_estimated")) or any(at_peak(s) and not s.exact for s in report.steps)
 
 
 _ACCOUNTING = {
     "cuda-allocator": "CUDA caching allocator statistics",
     "ledger": "tensor ledger, every op",
-    "ledger-sampled": "tensor ledger (every op on sampled steps; parameters, gradients, optimizer state and saved activations on all)",
+    "ledger-sampled": "tensor ledger, every op on sampled steps; the C heap at forward, backward and optimizer ends on the others (their peaks are estimates)",
 }
 
 

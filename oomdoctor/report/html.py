@@ -31,7 +31,7 @@ from .text import CODE, ITEMS, TEXT, TITLE, clean, more
 _ACCOUNTING = {
     "cuda-allocator": "CUDA caching allocator statistics (exact)",
     "ledger": "tensor ledger, every op (exact)",
-    "ledger-sampled": "tensor ledger on sampled steps, hooks on the others (peaks between samples are estimates)",
+    "ledger-sampled": "tensor ledger, every op on sampled steps; the C heap at forward, backward and optimizer ends on the others (their peaks are estimates)",
     "hooks": "hooks on parameters, gradients, optimizer state and saved activations",
 }
 # Marks the page as fully drawn, for headless checks that no script failed before it.
