@@ -58,15 +58,17 @@ class Session:
         history: bool = True,
         snapshot: str | None = None,
         memory_viz: str | None = None,
+        gpu: Any = None,
     ):
         self.device = torch.device(device) if device is not None else _default_device()
         self.on_cuda = self.device.type == "cuda" and torch.cuda.is_available()
         self.capacity = capacity
         self.simulated = capacity is not None
-        # On CPU the simulated capacity is enforced by the ledger, which must then see every op;
-        # so does a memory_viz trace.
+        # On CPU the simulated capacity is enforced by the ledger, which must then see every op.
         on_cpu = self.device.type != "cuda"
-        watch_every_op = on_cpu and (capacity is not None or memory_viz is not None)
+        # A simulated capacity, a trace and a GPU prediction (`gpu`, a gpu.cards.Card) need every op.
+        self.gpu = gpu if on_cpu else None
+        watch_every_op = on_cpu and (capacity is not None or memory_viz is not None or self.gpu is not None)
         self.exact = exact or watch_every_op
         self.memory_viz = memory_viz
         self.quiet = quiet

@@ -62,6 +62,9 @@ def run(
     fail_on: Optional[str] = typer.Option(
         None, "--fail-on", metavar="KIND[,KIND]",
         help="Exit 1 when findings of these kinds exist (e.g. retained-graph,memory-growth): guard a loop in CI."),
+    gpu: Optional[str] = typer.Option(
+        None, "--gpu", metavar="CARD",
+        help="Predict from this CPU run whether it fits a GPU you do not have (e.g. A100-40GB; watches every op)."),
     nproc_per_node: Optional[int] = typer.Option(
         None, "--nproc-per-node", min=1, metavar="N", help="Launch N processes through torch.distributed.run (torchrun)."),
 ) -> int:
@@ -89,6 +92,7 @@ def run(
             check_output(path)
     check_target(target)
     kinds = _kinds(fail_on)
+    card = _card(gpu, capacity, watched)
     if nproc_per_node:
         options = _forwarded(json=json, html=html, quiet=quiet, capacity=capacity, exact=exact, device=device, steps=steps,
                              history=history, fail_on=fail_on)
@@ -99,7 +103,7 @@ def run(
     from ..session import Session  # imports torch: only now that a script will run
 
     session = Session(capacity=size, exact=exact, stop_after_steps=steps, command=target.describe(), json=json,
-                      html=html, quiet=quiet, history=history, memory_viz=memory_viz, device=watched)
+                      html=html, quiet=quiet, history=history, memory_viz=memory_viz, device=watched, gpu=card)
 
     failed: list[str] = []
     unwritten: list[str] = []
@@ -137,6 +141,19 @@ def _device(name: str | None):
     if device.type == "cuda" and not torch.cuda.is_available():
         raise BadInput(f"--device {name}: no CUDA device here")
     return device
+
+
+def _card(name: str | None, capacity: str | None, device):
+    """`--gpu CARD`: a card from gpu/cards.py's table, for a run on the CPU."""
+    if name is None:
+        return None
+    from ..gpu.cards import card
+
+    if capacity is not None:
+        raise BadInput("--gpu and --capacity: give one (--gpu predicts for a card, --capacity simulates a size)")
+    if device is not None and device.type == "cuda":
+        raise BadInput("--gpu predicts from a CPU run for a card you do not have; on a GPU use --capacity")
+    return card(name)
 
 
 def _kinds(fail_on: str | None) -> set[str]:

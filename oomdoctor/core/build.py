@@ -84,6 +84,9 @@ def _aggregates(session: "Session") -> dict[str, Any]:
         aggregates.update(view)
     if session.recorder is not None:
         aggregates["predicted_cuda_reserved_peak_bytes"] = session.recorder.predicted_reserved_peak
+    gpu = _aggregates_gpu(session)
+    if gpu is not None:
+        aggregates["gpu"] = gpu
     if t.batch_size:
         aggregates["batch_size"] = t.batch_size
     if t.peak_where:
@@ -119,6 +122,14 @@ def _run_notes(session: "Session", report_findings: list) -> list[str]:
         notes.append("On steps the per-op view skipped, totals come from the C heap: they include the "
                      "host memory of the retained autograd graphs (about 1 KB per node), which "
                      "--exact, counting tensor storages only, leaves out.")
+    gpu = _aggregates_gpu(session)
+    if gpu is not None:
+        verdict = (f"fits with {_mib(gpu['headroom_bytes'])} to spare" if gpu["fits"]
+                   else f"does not fit: {_mib(-gpu['headroom_bytes'])} short")
+        notes.append(f"Predicted for {gpu['name']} (unvalidated): the caching allocator would reserve "
+                     f"{_mib(gpu['reserved_peak_bytes'])} at the peak; with about {_mib(gpu['context_bytes'])} "
+                     f"of CUDA context, {_mib(gpu['allocator_bytes'])} of the card's {_mib(gpu['memory_bytes'])} "
+                     f"is the allocator's: the run {verdict}. Assumes: {'; '.join(gpu['assumptions'])}.")
     threads = session.hooks.other_threads
     if threads:
         names = ", ".join(sorted(threads)[:4])
@@ -129,6 +140,14 @@ def _run_notes(session: "Session", report_findings: list) -> list[str]:
             notes.append(f"Work in other threads ({names}) was not watched: steps are those of the "
                          "thread that started the session.")
     return notes
+
+
+def _aggregates_gpu(session: "Session") -> dict[str, Any] | None:
+    if session.gpu is None or session.recorder is None:
+        return None
+    from ..gpu.cards import card_fit
+
+    return card_fit(session.gpu, session.recorder.predicted_reserved_peak).to_dict()
 
 
 def _mib(n: int) -> str:
