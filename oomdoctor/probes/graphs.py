@@ -189,8 +189,12 @@ class GraphProbe:
         self._check_forward_clock(site)
 
     def backward_start(self, session: Any, tensors: Any) -> None:
-        """Before a backward pass: mark its roots (a loss kept after backward keeps them)."""
+        """Before a backward pass: mark its roots (a loss kept after backward keeps them) and, on
+        sampled steps, the nodes nearest to them (weights computed by hand in a functional
+        model, carried from step to step)."""
         nodes = _output_nodes(tuple(tensors))
+        if getattr(session, "sampling", False):
+            nodes = _near(nodes)
         if nodes:
             self._mark(nodes, _Forward(self.backwards, None, backward=True), hook=False)
         self.backwards += 1
@@ -330,8 +334,8 @@ class GraphProbe:
         if not found and not self.holders:
             found = [(None, [], None)]  # held, but not from the user's frames: report it anyway
         for holder, tensors, attach in found:
-            if attach is not None and _nested(holder):  # `rows.append({"loss": loss})`: no one-word fix
-                attach.before = attach.after = None
+            if attach is not None and (_nested(holder) or attach.after == attach.before):
+                attach.before = attach.after = None  # `rows.append({"loss": loss})`: no one-word fix
             self._record(holder, tensors, attach, old_forwards, clock, at, site)
 
     def _record(self, holder: Any, tensors: list[torch.Tensor], attach: Any, old_forwards: list[_Forward],
@@ -399,6 +403,21 @@ def _output_nodes(output: Any, root: bool = False) -> list[Any]:
         elif isinstance(item, dict):
             stack.extend(reversed(list(item.values())[:MAX_OUTPUTS]))
     return nodes
+
+
+def _near(roots: list[Any], budget: int = 64) -> list[Any]:
+    """Up to `budget` unmarked nodes breadth-first from `roots` (not the leaves' AccumulateGrad,
+    which live as long as the parameters)."""
+    found, seen, queue = [], set(), collections.deque(roots)
+    while queue and len(found) < budget:
+        node = queue.popleft()
+        if node is None or id(node) in seen or hasattr(node, "variable"):
+            continue
+        seen.add(id(node))
+        if MARKER_KEY not in node.metadata:
+            found.append(node)
+        queue.extend(nxt for nxt, _ in node.next_functions)
+    return found
 
 
 def _nested(holder: Any) -> bool:

@@ -25,7 +25,7 @@ One event `survivors`, updated in place: all_exact (every step's end bytes are e
 `timeline.series` can be fitted), capacity, capacity_source ("--capacity" | "device" | "ram"),
 scans, scan_step, by_step ([[k, bytes]] for the exact steps k in [1, S-2]), sites ([{file,
 line, function, code, bytes, steps}], survivors by line), site_series ([{file, line, function,
-code, points: [[S, bytes]]}]), holder, holder_series ([[step, bytes, tensors]]), allocation
+code, points: [[S, bytes]]}]), holder, holder_series ([[step, bytes, tensors, length]]; length None for a tensor), allocation
 (the line that created the holder's storages), location, before, after, method (the statement
 that stores into the holder, and the same statement fixed).
 """
@@ -228,7 +228,8 @@ class GrowthProbe:
         if value is None:
             return
         nbytes, count = attribution.held_bytes(value)
-        series.append([index, nbytes, count])
+        # A container's length too: one that stopped lengthening replaces its items (bounded).
+        series.append([index, nbytes, count, None if isinstance(value, torch.Tensor) else _length(value)])
         if len(series) >= KEEP:  # thin out: every other point, measure half as often
             series[:] = series[::2]
             self._measure_every *= 2
@@ -237,6 +238,13 @@ class GrowthProbe:
 def _site_dict(site: tuple) -> dict[str, Any]:
     file, line, function = site
     return {"file": file, "line": line, "function": function, "code": attribution.source_line(file, line)}
+
+
+def _length(value: Any) -> int | None:
+    try:
+        return len(value)
+    except TypeError:
+        return None
 
 
 def _storage_id(t: torch.Tensor) -> int:

@@ -264,6 +264,8 @@ def _fresh_parts(node: ast.expr, path: tuple) -> list[ast.expr]:
         return []
     if isinstance(node, ast.BinOp):
         return _fresh_parts(node.left, path) + _fresh_parts(node.right, path)
+    if isinstance(node, (ast.ListComp, ast.GeneratorExp, ast.DictComp, ast.SetComp)):
+        return []  # rebuilt from itself element by element: no one-word fix
     if isinstance(node, ast.Call):
         if _is_concat_call(node):
             return [p for arg in node.args for elt in _elements(arg) for p in _fresh_parts(elt, path)]

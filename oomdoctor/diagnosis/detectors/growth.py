@@ -53,7 +53,7 @@ def detect(timeline: Timeline) -> list[Finding]:
     # A holder named late in a run has a short series: it must rise at nearly every point (a
     # pool that fills slowly and stops is not growth).
     holder_grows = holder is not None and holder.grows(holder.last) and (
-        len(event.get("holder_series", [])) >= SHORT or holder.steady >= 0.75)
+        len(event.get("holder_series", [])) >= SHORT or holder.steady >= 0.75) and not _fixed_length(event)
     if holder is not None or series is not None:
         if holder_grows:
             rate = holder.slope
@@ -104,6 +104,13 @@ def survivor_rate(event: dict) -> float | None:
     if rate < MIN_RATE or rate * event.get("scan_step", 0) < MIN_TOTAL:
         return None
     return float(rate)
+
+
+def _fixed_length(event: dict) -> bool:
+    """The holder is a container whose length stopped changing over the later half of its
+    measurements: its items are replaced (a pool, a ring buffer), so it is bounded."""
+    lengths = [p[3] for p in event.get("holder_series", []) if len(p) > 3 and p[3] is not None]
+    return len(lengths) >= 4 and len(set(lengths[len(lengths) // 2:])) == 1
 
 
 def _explained_by_retained_graph(timeline: Timeline, rate: float) -> bool:
