@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from .core import failure, malloc
+from .core import failure
 from .core.build import build_report, write_memory_viz
 from .core.clock import StepClock
 from .core.hooks import HookSet, StepLimitReached
@@ -29,7 +29,6 @@ from .core.sampling import SAMPLE_EVERY, Sampler
 from .core.steps import StepLog
 from .core.timeline import Timeline
 from .probes import cuda, default_probes
-from .oom import is_oom
 from .probes.events import AllocationRecorder
 from .probes.ledger import Ledger
 from .report.model import Report
@@ -92,7 +91,7 @@ class Session:
         self.notes: list[str] = []
         self.probes: list[Any] = default_probes()
         self.hooks = HookSet(self, self.ledger, self._category_now)
-        self._sampler = Sampler(always=self.exact, every=sample_every)
+        self.sampler = Sampler(always=self.exact, every=sample_every)
         self.step_log = StepLog(self)
         self.meter = MemoryMeter(self.ledger, self.device, self.on_cuda, self._choose_exact,
                                  self.step_log.outside, self.step_log.record)
@@ -201,17 +200,6 @@ class Session:
         return self.clock.open.index if self.clock.open is not None else None
 
     @property
-    def totals_measured(self) -> bool:
-        """Every step's start and end bytes are measured (not estimated): CUDA's allocator, the
-        ledger on every op, or the C heap on CPU (core/malloc.py)."""
-        return self.on_cuda or self.exact or malloc.available()
-
-    @property
-    def heap_totals(self) -> bool:
-        """Some steps' totals were read from the C heap (CPU, per-op view not on every step)."""
-        return not self.on_cuda and not self.exact and malloc.available() and self.timeline.steps_total > self._sampler.warmup
-
-    @property
     def callbacks(self) -> int:
         """Calls PyTorch made into oomdoctor so far: the part of its cost that can scale."""
         return self.hooks.callbacks
@@ -266,7 +254,7 @@ class Session:
 
     # -- steps ---------------------------------------------------------------------------------
     def _choose_exact(self, index: int) -> bool:
-        exact = self._sampler.exact(index)
+        exact = self.sampler.exact(index)
         self.hooks.per_op(exact)
         return exact
 
@@ -285,18 +273,8 @@ class Session:
     # -- snapshots and failures ----------------------------------------------------------------
     def record_exception(self, exc: BaseException) -> None:
         """Remember how the run ended, while the failed frames (and their tensors) are alive."""
-        if self.timeline.exception is not None or isinstance(exc, StepLimitReached):
-            return
-        self.timeline.exception = failure.describe(self, exc)
-        if self.on_cuda and self.history and self._running and is_oom(exc):
-            try:
-                cuda.dump_snapshot(self.snapshot_path)
-            except Exception as err:
-                self.warn(f"memory snapshot not written ({err!r})")
-                return
-            self.timeline.exception["snapshot"] = self.snapshot_path
-            self.notes.append(f"memory snapshot at the OOM: {self.snapshot_path} "
-                              "(open it at https://pytorch.org/memory_viz)")
+        if self.timeline.exception is None and not isinstance(exc, StepLimitReached):
+            failure.record(self, exc)
 
     def _on_simulated_oom(self, nbytes: int) -> None:
         self.timeline.add_event("simulated-oom", bytes=nbytes, live_bytes=self.ledger.total)

@@ -118,7 +118,7 @@ def _run_notes(session: "Session", report_findings: list) -> list[str]:
                      "(mp.spawn, a Pool, DataLoader workers): work there is not watched. Launch the "
                      "ranks with `oomdoctor run --nproc-per-node N` or torchrun, or call "
                      "`oomdoctor.track()` inside the worker function.")
-    if session.heap_totals and any(f.kind == "retained-graph" for f in report_findings):
+    if _heap_totals(session) and any(f.kind == "retained-graph" for f in report_findings):
         notes.append("On steps the per-op view skipped, totals come from the C heap: they include the "
                      "host memory of the retained autograd graphs (about 1 KB per node), which "
                      "--exact, counting tensor storages only, leaves out.")
@@ -140,6 +140,14 @@ def _run_notes(session: "Session", report_findings: list) -> list[str]:
             notes.append(f"Work in other threads ({names}) was not watched: steps are those of the "
                          "thread that started the session.")
     return notes
+
+
+def _heap_totals(session: "Session") -> bool:
+    """Some steps' totals were read from the C heap (CPU, per-op view not on every step)."""
+    from . import malloc
+
+    return (not session.on_cuda and not session.exact and malloc.available()
+            and session.timeline.steps_total > session.sampler.warmup)
 
 
 def _aggregates_gpu(session: "Session") -> dict[str, Any] | None:

@@ -20,6 +20,24 @@ if TYPE_CHECKING:
 _TORCH = os.path.dirname(torch.__file__)
 
 
+def record(session: "Session", exc: BaseException) -> None:
+    """Describe the failure into the timeline; at a CUDA OOM, also dump the allocator's history
+    for pytorch.org/memory_viz."""
+    from ..oom import is_oom
+
+    session.timeline.exception = describe(session, exc)
+    if not (session.on_cuda and session.history and is_oom(exc)):
+        return
+    try:
+        cuda.dump_snapshot(session.snapshot_path)
+    except Exception as err:
+        session.warn(f"memory snapshot not written ({err!r})")
+        return
+    session.timeline.exception["snapshot"] = session.snapshot_path
+    session.notes.append(f"memory snapshot at the OOM: {session.snapshot_path} "
+                         "(open it at https://pytorch.org/memory_viz)")
+
+
 def describe(session: "Session", exc: BaseException) -> dict[str, Any]:
     frames = [
         {"file": f.filename, "line": f.lineno, "function": f.name, "code": f.line}

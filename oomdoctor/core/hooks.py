@@ -9,33 +9,21 @@ step and per top-level forward, never per op, per saved tensor or per module cal
   module forward hooks (every module call), which find the root modules and show inner ones.
 The same set on every device: sampling decides, not the device.
 
-`torch.compile` must compile exactly what it compiles under python: the dispatch mode declares
-`ignore_compile_internals` (dynamo traces as if it were not there, and the compiled code's own
-allocations are still seen at run time), and while dynamo compiles, our module hooks are taken
-out of its sight (its compile start and end callbacks), so it never traces oomdoctor's code. No
-saved-tensor hooks: `torch.func` transforms refuse to run under them.
+`torch.compile` compiles exactly what it compiles under python (core/compile.py). No saved-tensor
+hooks: `torch.func` transforms refuse to run under them.
 
 Hooks act on the thread that started the session only; what other threads do is counted and
 reported as not watched.
 """
 from __future__ import annotations
 
-import functools
-import sys
 import threading
-import warnings
 from typing import Any, Callable, Protocol
 
 import torch
 
 from ..probes.ledger import Ledger, LedgerMode
-
-
-_COMPILE_HOOKS_WARNING = r"Using `torch.compile\(module\)` when there are global hooks on modules"
-
-
-def _forget_filter() -> None:
-    warnings.filters[:] = [f for f in warnings.filters if f[1] is None or f[1].pattern != _COMPILE_HOOKS_WARNING]
+from .compile import hide_from_dynamo, quiet_compile_warning
 
 
 class StepLimitReached(BaseException):
@@ -75,7 +63,6 @@ class HookSet:
         self._undo: list[Callable[[], None]] = []
         self._mode: LedgerMode | None = None
         self._global_handles_ever = False
-        self._dynamo_hidden = False
 
     # -- install and remove --------------------------------------------------------------------
     def install(self) -> None:
@@ -87,7 +74,7 @@ class HookSet:
         self._handles.append(register_optimizer_step_post_hook(
             self._guarded(lambda opt, args, kwargs: listener.optimizer_post(opt), "optimizer step")))
         self._wrap_backward()
-        self._watch_compile()
+        self._undo.append(hide_from_dynamo(self))
         self._count_children()
 
     def remove(self) -> None:
@@ -158,56 +145,7 @@ class HookSet:
 
         self._undo.append(restore)
 
-    def _watch_compile(self) -> None:
-        """Hide our module hooks from dynamo from its first compilation on (it is imported by
-        `torch.compile`, which is why that is the place to learn it will compile)."""
-        original = torch.compile
-        hooks = self
-
-        @functools.wraps(original)
-        def compile(*args: Any, **kwargs: Any) -> Any:
-            hooks._call(hooks._hide_from_dynamo)
-            return original(*args, **kwargs)
-
-        torch.compile = compile
-
-        def restore() -> None:
-            if torch.compile is compile:
-                torch.compile = original
-
-        self._undo.append(restore)
-        if "torch._dynamo" in sys.modules:
-            self._hide_from_dynamo()
-
-    def _hide_from_dynamo(self) -> None:
-        if self._dynamo_hidden:
-            return
-        from torch._dynamo.callback import callback_handler
-
-        self._dynamo_hidden = True
-        hidden: list[tuple[dict, int, Any]] = []
-
-        def start(*args: Any) -> None:
-            for table, key in self._hook_entries():
-                if key in table:
-                    hidden.append((table, key, table.pop(key)))
-
-        def end(*args: Any) -> None:
-            while hidden:
-                table, key, value = hidden.pop()
-                table[key] = value
-
-        callback_handler.register_start_callback(start)
-        callback_handler.register_end_callback(end)
-
-        def unregister() -> None:
-            end()
-            callback_handler.remove_start_callback(start)
-            callback_handler.remove_end_callback(end)
-
-        self._undo.append(unregister)
-
-    def _hook_entries(self) -> list[tuple[dict, int]]:
+    def hook_entries(self) -> list[tuple[dict, int]]:
         """Where our module hooks live: (dict, key) pairs, global and on root modules."""
         mm = torch.nn.modules.module
         tables = [mm._global_forward_pre_hooks, mm._global_forward_hooks,
@@ -258,8 +196,7 @@ class HookSet:
             self._global_handles_ever = True
             # Ours are the global hooks torch.compile(module) warns about; they see the compiled
             # module as the root and its inner model once, which is what the session wants.
-            warnings.filterwarnings("ignore", message=_COMPILE_HOOKS_WARNING)
-            self._undo.append(_forget_filter)
+            self._undo.append(quiet_compile_warning())
         self._global_handles.append(mm.register_module_forward_pre_hook(self._on_module_pre))
         try:
             self._global_handles.append(mm.register_module_forward_hook(self._on_module_post, always_call=True))
