@@ -93,3 +93,31 @@ def test_a_large_evaluation_after_the_last_step_is_the_peak_and_says_where():
     if default.peak_bytes < 0.9 * exact_report.peak_bytes:
         assert default.aggregates["peak_estimated"]
         assert any("It is a lower bound" in note for note in default.notes)
+
+
+def _train(model: nn.Module, steps: int) -> None:
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+    for _ in range(steps):
+        loss = model(torch.randn(4, 32)).square().mean()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+
+
+def test_training_in_other_threads_is_said_and_costs_no_memory_of_ours():
+    import threading
+
+    # GIVEN two threads training while the session watches from the main thread
+    with oomdoctor.track(quiet=True, device="cpu") as session:
+        threads = [threading.Thread(target=_train, args=(mlp(), 500), name=f"trainer-{i}") for i in range(2)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        phases_during = len(session.phases)
+    report = session.report()
+    # THEN no step is invented, our per-thread state did not grow, and the report says what it
+    # did not watch and how to watch it
+    assert report.steps_total == 0 and phases_during == 0
+    assert len(session.hooks.other_threads) == 2
+    assert any("Training ran in other threads (trainer-0, trainer-1)" in note for note in report.notes)
