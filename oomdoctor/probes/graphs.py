@@ -48,13 +48,13 @@ import torch
 
 from ..diagnosis import attribution
 from ..diagnosis.attribution import MARKER_KEY
+from .graph_nodes import near_nodes, nested, one_per_line, output_nodes
 
 OLD = 2  # a graph is old once this many forwards at its call site followed it
 OLD_STEPS = 3  # ... or this many steps' worth of backward passes (a GAN's step runs two)
 MIN_OLD = 3  # old graphs alive from this many steps (or forwards): something holds them
 MAX_ATTRIBUTIONS = 8
 NODE_BYTES = 970  # host memory per retained autograd node after backward (measured, CPU, 2.13)
-MAX_OUTPUTS = 8  # output tensors marked per forward
 
 
 class Marker:
@@ -169,7 +169,7 @@ class GraphProbe:
     def forward_end(self, session: Any, module: torch.nn.Module, output: Any) -> None:
         if not torch.is_grad_enabled() or next(module.parameters(), None) is None:
             return  # loss modules and other parameter-less roots only continue a graph
-        nodes = _output_nodes(output, root=True)
+        nodes = output_nodes(output, root=True)
         if not nodes:
             return
         chain = attribution.call_chain()
@@ -192,9 +192,9 @@ class GraphProbe:
         """Before a backward pass: mark its roots (a loss kept after backward keeps them) and, on
         sampled steps, the nodes nearest to them (weights computed by hand in a functional
         model, carried from step to step)."""
-        nodes = _output_nodes(tuple(tensors))
+        nodes = output_nodes(tuple(tensors))
         if getattr(session, "sampling", False):
-            nodes = _near(nodes)
+            nodes = near_nodes(nodes)
         if nodes:
             self._mark(nodes, _Forward(self.backwards, None, backward=True), hook=False)
         self.backwards += 1
@@ -202,7 +202,7 @@ class GraphProbe:
     def module_end(self, session: Any, module: torch.nn.Module, output: Any) -> None:
         """An inner module's forward returned, on a sampled step: mark its output."""
         if torch.is_grad_enabled():
-            nodes = _output_nodes(output)
+            nodes = output_nodes(output)
             if nodes:
                 self._mark(nodes, _Forward(self.backwards, None), hook=True)
 
@@ -328,13 +328,13 @@ class GraphProbe:
             found.append((holder, attribution.all_tensors(holder), attribution.attach_statement(holder, method)))
         accumulating = [f for f in found if f[2] is not None and f[2].accumulating]
         if accumulating:
-            found = _one_per_line(accumulating)
+            found = one_per_line(accumulating)
         elif found:
             found = [max(found, key=lambda f: len(f[1]))]
         if not found and not self.holders:
             found = [(None, [], None)]  # held, but not from the user's frames: report it anyway
         for holder, tensors, attach in found:
-            if attach is not None and (_nested(holder) or attach.after == attach.before):
+            if attach is not None and (nested(holder) or attach.after == attach.before):
                 attach.before = attach.after = None  # `rows.append({"loss": loss})`: no one-word fix
             self._record(holder, tensors, attach, old_forwards, clock, at, site)
 
@@ -382,61 +382,6 @@ class GraphProbe:
         if held >= event["steps_alive"]:
             event["steps_alive"] = held
             event["bytes"] = kept
-
-
-def _output_nodes(output: Any, root: bool = False) -> list[Any]:
-    """The distinct, not yet marked `grad_fn`s of a forward's output tensors (also in tuples,
-    lists and dicts such as a Hugging Face ModelOutput). A root forward takes over the nodes its
-    last inner module marked: its marker carries the call site."""
-    nodes: list[Any] = []
-    stack = [output]
-    while stack and len(nodes) < MAX_OUTPUTS:
-        item = stack.pop()
-        if isinstance(item, torch.Tensor):
-            node = item.grad_fn
-            if node is not None and all(node is not n for n in nodes):
-                marker = node.metadata.get(MARKER_KEY)
-                if marker is None or root and marker.forward.site is None and not marker.forward.backward:
-                    nodes.append(node)
-        elif isinstance(item, (list, tuple)):
-            stack.extend(reversed(item[:MAX_OUTPUTS]))
-        elif isinstance(item, dict):
-            stack.extend(reversed(list(item.values())[:MAX_OUTPUTS]))
-    return nodes
-
-
-def _near(roots: list[Any], budget: int = 64) -> list[Any]:
-    """Up to `budget` unmarked nodes breadth-first from `roots` (not the leaves' AccumulateGrad,
-    which live as long as the parameters)."""
-    found, seen, queue = [], set(), collections.deque(roots)
-    while queue and len(found) < budget:
-        node = queue.popleft()
-        if node is None or id(node) in seen or hasattr(node, "variable"):
-            continue
-        seen.add(id(node))
-        if MARKER_KEY not in node.metadata:
-            found.append(node)
-        queue.extend(nxt for nxt, _ in node.next_functions)
-    return found
-
-
-def _nested(holder: Any) -> bool:
-    """The holder's tensors sit inside its items (dicts, tuples), not directly in it."""
-    value = holder.value
-    if isinstance(value, torch.Tensor):
-        return False
-    items = list(value.values()) if isinstance(value, dict) else list(value)
-    return not any(isinstance(item, torch.Tensor) for item in items[:8] + items[-8:])
-
-
-def _one_per_line(found: list[tuple[Any, list[torch.Tensor], Any]]) -> list[tuple[Any, list[torch.Tensor], Any]]:
-    """One holder per attaching statement: `total_loss[name] += v` fills every key of the
-    dict, one bug; the first name found (the shortest) carries the tensors of all."""
-    by_line: dict[tuple[str, int], tuple[Any, list[torch.Tensor], Any]] = {}
-    for holder, tensors, attach in found:
-        first = by_line.setdefault((attach.file, attach.line), (holder, [], attach))
-        first[1].extend(tensors)
-    return list(by_line.values())
 
 
 def _location(site: tuple[str, int, str]) -> dict[str, Any]:
