@@ -101,6 +101,7 @@ class Session:
         self._report: Report | None = None
         self._running = False
         self.stopping = False
+        self._trained = False  # a root forward ran
         self._phases: list[str] = []
 
     # -- lifecycle -----------------------------------------------------------------------------
@@ -206,9 +207,12 @@ class Session:
 
     # -- what PyTorch tells us (core/hooks.py calls these, on the session's thread) ------------
     def forward_start(self, module: torch.nn.Module, args: Any) -> None:
-        new_bytes = self.meter.adopt(module)
-        if new_bytes and self.clock.open is not None and self.timeline.steps_total == 0:
-            self.clock.open.start_bytes += new_bytes  # they were there before the first step
+        self.meter.adopt(module)
+        if not self._trained:
+            # Training starts with the first forward: step 0 starts here, with the model (and
+            # what else was built before) already in memory.
+            self._trained = True
+            self.clock.training_starts()
         self._push("forward")
         if args and isinstance(args[0], torch.Tensor) and args[0].dim() > 0:
             self.timeline.batch_size = int(args[0].shape[0])  # for the batch-size remedy
@@ -226,6 +230,9 @@ class Session:
         for probe in self.probes:
             if hasattr(probe, "module_end"):
                 self._probe(probe.module_end, module, output)
+
+    def optimizer_made(self, optimizer: torch.optim.Optimizer) -> None:
+        self.meter.adopt_optimizer(optimizer)
 
     def optimizer_pre(self, optimizer: torch.optim.Optimizer) -> None:
         self._push("optimizer")

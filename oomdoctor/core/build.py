@@ -108,8 +108,12 @@ def _run_notes(session: "Session", report_findings: list) -> list[str]:
                      f"not inside a step.{bound}")
     if t.peak_estimated:
         low, high = session.meter.headrooms
-        spread = f" Watched steps peaked {_mib(low)} to {_mib(high)} above their highest reading, so an " \
-                 f"estimate may be off by about {_mib(high - low)}." if high >= low else ""
+        noise = session.meter.heap_noise
+        off = max(high - low if high >= low else 0, noise)
+        spread = (f" Watched steps peaked {_mib(low)} to {_mib(high)} above their highest reading"
+                  if high >= low else " On watched steps")
+        spread += (f", and the rest of the heap moved by up to {_mib(noise)} within a step" if noise else "")
+        spread += f": an estimate may be off by about {_mib(off)}."
         notes.append("`~` marks an estimated peak: on steps the per-op view did not watch, the peak "
                      "between two readings is the highest reading plus the headroom of the last "
                      f"watched step (--exact measures every step).{spread}")
@@ -122,6 +126,11 @@ def _run_notes(session: "Session", report_findings: list) -> list[str]:
         notes.append("On steps the per-op view skipped, totals come from the C heap: they include the "
                      "host memory of the retained autograd graphs (about 1 KB per node), which "
                      "--exact, counting tensor storages only, leaves out.")
+    if session.meter.heap_unreliable:
+        notes.append("The C heap moved by more than the tensors did while every op was watched (tiny "
+                     "tensors beside numpy arrays or environment objects): steps the per-op view "
+                     "skipped are read at their boundaries only, and their peaks are rougher estimates "
+                     "(--exact measures every step).")
     gpu = _aggregates_gpu(session)
     if gpu is not None:
         verdict = (f"fits with {_mib(gpu['headroom_bytes'])} to spare" if gpu["fits"]

@@ -94,6 +94,14 @@ class StepClock:
     def start(self) -> None:
         self._open_step(self.now())
 
+    def training_starts(self) -> None:
+        """The first forward of the run: if step 0 is still the session's first window, it starts
+        now (building the model and loading data came before it)."""
+        step = self.open
+        if step is not None and step.index == 0 and not self.explicit and not self.pending:
+            step.start_bytes = self.meter.boundary()
+            step.start_time = self.now()
+
     def optimizer_pre(self, optimizer_id: int) -> None:
         self.in_optimizer += 1
         if self.explicit or self.in_optimizer > 1:

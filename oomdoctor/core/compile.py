@@ -53,7 +53,16 @@ def hide_from_dynamo(hooks: "HookSet") -> Callable[[], None]:
 
 
 def _register_callbacks(hooks: "HookSet") -> Callable[[], None]:
+    import torch._dynamo
     from torch._dynamo.callback import callback_handler
+
+    from ..probes.ledger import LedgerMode
+
+    # What TorchDispatchMode does for every mode at class creation (LedgerMode opts out, to keep
+    # dynamo's import off runs that never compile): dynamo must never trace the mode's frame.
+    raw = LedgerMode.__dict__["__torch_dispatch__"]
+    if not hasattr(raw, "_torchdynamo_disable") and not getattr(raw, "__wrapped__", None):
+        LedgerMode.__torch_dispatch__ = torch._dynamo.disable(raw, recursive=True)
 
     hidden: list[tuple[dict, int, Any]] = []
 

@@ -17,6 +17,7 @@ reported as not watched.
 """
 from __future__ import annotations
 
+import functools
 import threading
 from typing import Any, Callable, Protocol
 
@@ -39,6 +40,7 @@ class Listener(Protocol):
     def forward_start(self, module: torch.nn.Module, args: Any) -> None: ...
     def forward_end(self, module: torch.nn.Module, output: Any) -> None: ...
     def module_end(self, module: torch.nn.Module, output: Any) -> None: ...
+    def optimizer_made(self, optimizer: torch.optim.Optimizer) -> None: ...
     def optimizer_pre(self, optimizer: torch.optim.Optimizer) -> None: ...
     def optimizer_post(self, optimizer: torch.optim.Optimizer) -> None: ...
     def backward_start(self, tensors: tuple) -> None: ...
@@ -76,6 +78,8 @@ class HookSet:
         self._wrap_backward()
         self._undo.append(hide_from_dynamo(self))
         self._count_children()
+        self._keep_hooks_out_of_copies()
+        self._see_optimizers_made()
 
     def remove(self) -> None:
         self.per_op(False, force=True)
@@ -122,6 +126,54 @@ class HookSet:
         def restore() -> None:
             if torch.autograd.backward is backward:
                 torch.autograd.backward = original
+
+        self._undo.append(restore)
+
+    def _keep_hooks_out_of_copies(self) -> None:
+        """`torch.save(model)`, `copy.deepcopy(model)` (an EMA teacher, a best-model copy) must
+        not carry our root hooks: a module's pickled state leaves them out."""
+        module_class = torch.nn.Module
+        original = module_class.__getstate__
+        roots = self._roots
+
+        def __getstate__(module: torch.nn.Module) -> dict:
+            state = original(module)
+            handles = roots.get(id(module))
+            if handles is None:
+                return state
+            ours = {handle.id for handle in handles}
+            for name in ("_forward_pre_hooks", "_forward_hooks", "_forward_hooks_always_called"):
+                table = state.get(name)
+                if table and ours & table.keys():
+                    state[name] = type(table)((k, v) for k, v in table.items() if k not in ours)
+            return state
+
+        module_class.__getstate__ = __getstate__  # type: ignore[method-assign]
+
+        def restore() -> None:
+            if module_class.__getstate__ is __getstate__:
+                module_class.__getstate__ = original  # type: ignore[method-assign]
+
+        self._undo.append(restore)
+
+    def _see_optimizers_made(self) -> None:
+        """An optimizer made while the session runs is known before it first steps: its
+        parameters are parameters from then on (a layer trained later, an optimizer per layer)."""
+        optimizer_class = torch.optim.Optimizer
+        original = optimizer_class.__init__
+        hooks = self
+
+        @functools.wraps(original)
+        def __init__(optimizer: torch.optim.Optimizer, *args: Any, **kwargs: Any) -> None:
+            original(optimizer, *args, **kwargs)
+            if hooks._ours():
+                hooks._call(hooks.listener.optimizer_made, optimizer)
+
+        optimizer_class.__init__ = __init__  # type: ignore[method-assign]
+
+        def restore() -> None:
+            if optimizer_class.__init__ is __init__:
+                optimizer_class.__init__ = original  # type: ignore[method-assign]
 
         self._undo.append(restore)
 

@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import contextlib
+import time
 import weakref
 from typing import Callable, Iterator
 
@@ -27,6 +28,8 @@ from . import malloc
 from .clock import OpenStep
 
 _KNOWN = ("parameters", "gradients", "optimizer_state")
+READ_BUDGET_S = 10e-6  # a heap reading costing more is made at step boundaries only
+HEAP_NOISE_BYTES = 1 << 20  # heap movement beyond the tensors' that still says something about them
 
 
 class MemoryMeter:
@@ -52,6 +55,11 @@ class MemoryMeter:
         # CPU heap calibration: heap bytes minus ledger bytes, and the last exact step's peak
         # above its highest point.
         self._heap_offset: int | None = None
+        self._offsets = (1 << 62, -(1 << 62))  # least and most heap beyond the ledger while calibrating
+        self.heap_unreliable = False  # the heap moves more than the tensors: not used
+        self.heap_noise = 0  # how far the heap beyond the tensors moved within a watched step
+        self._points_inside = True  # read the heap inside steps too, while that is cheap
+        self._read_cost = 0.0  # seconds per heap reading, smoothed
         self._complete = True  # every step so far was watched op by op: the ledger has it all
         self._unseen = 0  # bytes the heap holds beyond the ledger, once a step went unwatched
         self._headroom = 0
@@ -65,6 +73,7 @@ class MemoryMeter:
             self._prepared = index
             self.ledger.step = index
             self.exact_window = self.choose_exact(index)
+            self._offsets = (1 << 62, -(1 << 62))  # the heap beyond the ledger, within this window
             if not self.exact_window:
                 self._complete = False
 
@@ -84,7 +93,7 @@ class MemoryMeter:
     def boundary(self) -> int:
         self.walk()
         current = self.current_bytes()
-        self.point()
+        self.point(boundary=True)
         return current
 
     def take_peak(self, step: OpenStep) -> None:
@@ -129,17 +138,18 @@ class MemoryMeter:
         self._close(step)
 
     # -- cheap points (forward and backward ends, optimizer steps) -----------------------------
-    def point(self) -> None:
+    def point(self, boundary: bool = False) -> None:
         """Read the total at a point of interest; on CPU steps without the per-op view this is
-        the only view of what happens inside the step."""
-        if self.on_cuda:
+        the only view of what happens inside the step. Inside a step only while reading the
+        heap stays cheap: a fragmented heap makes `mallinfo2` walk long free lists."""
+        if self.on_cuda or not (boundary or self._points_inside):
             return
         if self.exact_window:
             total = self.ledger.total + self._grad_bytes
-            heap = malloc.heap_bytes()
+            heap = self._timed_heap()
             if heap is not None and (self._complete or self._heap_offset is None):
-                self._heap_offset = heap - total
-            elif heap is not None:
+                self._calibrate(heap - total)
+            elif heap is not None and self._heap_offset is not None:
                 self._unseen = max(0, heap - self._heap_offset - total)
             self._points_max = max(self._points_max, self.ledger.total)
             return
@@ -170,8 +180,30 @@ class MemoryMeter:
     def _heap_total(self) -> int | None:
         if self._heap_offset is None:
             return None
-        heap = malloc.heap_bytes()
+        heap = self._timed_heap()
         return None if heap is None else max(0, heap - self._heap_offset)
+
+    def _timed_heap(self) -> int | None:
+        start = time.perf_counter()
+        heap = malloc.heap_bytes()
+        self._read_cost = 0.9 * self._read_cost + 0.1 * (time.perf_counter() - start)
+        if self._read_cost > READ_BUDGET_S:
+            self._points_inside = False  # boundaries only from now on
+        return heap
+
+    def _calibrate(self, offset: int) -> None:
+        """While every step is watched: the heap beyond the ledger. When it moves within one step
+        by more than the tensors do (a program whose tensors are tiny beside numpy arrays, gym
+        objects...), the heap says nothing about tensors: stop using it. The first two steps do
+        not count: PyTorch initializes its own buffers lazily then."""
+        low, high = self._offsets = (min(self._offsets[0], offset), max(self._offsets[1], offset))
+        if (self._prepared or 0) >= 2:
+            self.heap_noise = max(self.heap_noise, high - low)
+        if (self._prepared or 0) >= 2 and high - low > max(HEAP_NOISE_BYTES, self.ledger.peak // 2):
+            self.heap_unreliable = True
+            self._heap_offset = None
+        elif not self.heap_unreliable:
+            self._heap_offset = offset
 
     def _known(self) -> dict[str, int]:
         by_category = {k: self.ledger.by_category[k] for k in _KNOWN}
@@ -188,6 +220,14 @@ class MemoryMeter:
         return by_category
 
     # -- tensors known by their role -----------------------------------------------------------
+    def adopt_optimizer(self, optimizer: torch.optim.Optimizer) -> None:
+        """An optimizer was made: its parameters are parameters from now on."""
+        self.optimizers.add(optimizer)
+        with self._no_capacity():
+            for group in optimizer.param_groups:
+                for p in group["params"]:
+                    self.ledger.track(p, "parameters")
+
     def adopt(self, module: torch.nn.Module) -> int:
         """A root module seen for the first time: count its parameters and buffers now, so that
         they are parameters from the first step on (also when forward runs inside

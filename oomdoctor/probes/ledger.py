@@ -174,6 +174,13 @@ class LedgerMode(TorchDispatchMode):
         run time: a compiled model is measured compiled."""
         return True
 
+    @classmethod
+    def _should_skip_dynamo(cls) -> bool:
+        """No `torch._dynamo` wrapper around `__torch_dispatch__` at class creation: it imports
+        dynamo (~1 s) on the first op of every run. core/compile.py adds it once the program
+        compiles, which is when dynamo could otherwise trace this frame."""
+        return False
+
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         __tracebackhide__ = True  # pytest and IPython hide this frame from the user's traceback
         out = func(*args, **(kwargs or {}))
