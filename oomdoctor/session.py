@@ -214,6 +214,7 @@ class Session:
             self._trained = True
             self.clock.training_starts()
         self._push("forward")
+        self.step_log.forwards += 1
         if args and isinstance(args[0], torch.Tensor) and args[0].dim() > 0:
             self.timeline.batch_size = int(args[0].shape[0])  # for the batch-size remedy
         self.meter.point()
@@ -242,6 +243,7 @@ class Session:
 
     def optimizer_post(self, optimizer: torch.optim.Optimizer) -> None:
         self._pop("optimizer")
+        self.step_log.forwards = 0
         self.clock.optimizer_post(id(optimizer))
 
     def backward_start(self, tensors: tuple) -> None:
@@ -256,6 +258,7 @@ class Session:
 
     def backward_end(self) -> None:
         self._pop("backward")
+        self.step_log.forwards = 0
         self.meter.point()
         self.clock.backward_end()
 

@@ -93,6 +93,9 @@ def test_a_large_evaluation_after_the_last_step_is_the_peak_and_says_where():
     if default.peak_bytes < 0.9 * exact_report.peak_bytes:
         assert default.aggregates["peak_estimated"]
         assert any("It is a lower bound" in note for note in default.notes)
+    # and it warns that forwards after the last step ran unwatched, whatever the peak turned out to be
+    assert any(note.startswith("1 forward pass(es) ran after the last step") for note in default.notes)
+    assert not any("ran after the last step" in note for note in exact_report.notes)
 
 
 def _train(model: nn.Module, steps: int) -> None:

@@ -106,6 +106,11 @@ def _run_notes(session: "Session", report_findings: list) -> list[str]:
                  if t.peak_estimated else "")
         notes.append(f"The peak ({'~' if t.peak_estimated else ''}{_mib(t.peak_bytes)}) happened {t.peak_where}, "
                      f"not inside a step.{bound}")
+    if t.unwatched_forwards:
+        notes.append(f"{t.unwatched_forwards} forward pass(es) ran after the last step (an evaluation, "
+                     "say) without the per-op view: memory was read where each returned, so their own "
+                     "temporaries are not in the peak, which may have been higher there; --exact "
+                     "measures them.")
     if t.peak_estimated:
         low, high = session.meter.headrooms
         noise = session.meter.heap_noise

@@ -15,6 +15,7 @@ if TYPE_CHECKING:
 class StepLog:
     def __init__(self, session: "Session"):
         self.session = session
+        self.forwards = 0  # root forwards since the last optimizer step or backward pass ended
 
     def record(self, step: OpenStep) -> None:
         """A step closed: keep it, tell the probes, stop the run if asked to."""
@@ -50,6 +51,8 @@ class StepLog:
             where = "before the first step"
         elif self.session.stopping:
             where = f"after the last step (step {t.steps()[-1].index}): evaluation or saving, say"
+            if self.forwards and not self.session.meter.exact_window:
+                t.unwatched_forwards = self.forwards
         else:
             where = f"between steps {t.steps()[-1].index} and {t.steps()[-1].index + 1}"
         t.note_peak(step.peak, step.peak_by_category, None, where, step.estimated_peak or not step.exact)

@@ -29,6 +29,7 @@ class Timeline:
     peak_by_category: dict[str, int] = field(default_factory=dict)
     peak_where: str | None = None  # where a peak outside any step happened ("after step 39")
     peak_estimated: bool = False  # the peak is an estimate (a step the per-op view skipped)
+    unwatched_forwards: int = 0  # root forwards after the last step, not watched op by op
     series: list[tuple[int, int]] = field(default_factory=list)  # (step index, end bytes), thinned
     stride: int = 1
     events: list[dict[str, Any]] = field(default_factory=list)
