@@ -97,3 +97,28 @@ def test_a_forked_child_does_not_report(tmp_path: Path, fork: str):
     assert result.returncode == 0, result.stderr
     assert result.stderr.count("╭─ oomdoctor") == 1
     assert json.loads((tmp_path / "r.json").read_text())["steps_total"] == 3
+
+
+def test_ranks_checking_the_same_report_path_at_once_all_pass_and_leave_nothing(tmp_path: Path):
+    # GIVEN many processes (the ranks of a torchrun job do this) checking one report path together
+    # (a real race: it failed a CI run while the check created and removed the report path itself)
+    script = tmp_path / "check.py"
+    script.write_text(textwrap.dedent(f"""
+        import sys, time
+        from oomdoctor.report.output import check_output
+        start = float(sys.argv[1])
+        while time.time() < start:
+            pass
+        for _ in range(300):
+            check_output({str(tmp_path / 'r.json')!r})
+    """))
+    import subprocess
+    import time
+
+    start = str(time.time() + 1.5)
+    # WHEN they all check at the same moment, again and again
+    procs = [subprocess.Popen([sys.executable, str(script), start], stderr=subprocess.PIPE, text=True) for _ in range(6)]
+    errors = [p.communicate(timeout=60)[1] for p in procs]
+    # THEN no check fails, and no file is left where the report will go
+    assert [p.returncode for p in procs] == [0] * 6, errors
+    assert sorted(os.listdir(tmp_path)) == ["check.py"]

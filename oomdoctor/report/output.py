@@ -24,17 +24,23 @@ def output_path(path: str | None) -> str | None:
 def check_output(path: str) -> None:
     """Fail in one line (BadInput, exit 2) when a report could not be written to `path`: a folder,
     a missing folder, no permission, a read-only file system. Nothing is left behind; a device or a
-    pipe is not opened (opening a FIFO would wait for a reader)."""
+    pipe is not opened (opening a FIFO would wait for a reader).
+
+    A new file is tried under a name of its own in the same folder, never under `path`: the ranks
+    of a torchrun job check the same path at the same moment, and one rank's probe file must not
+    make the other's check fail (or be left behind by it)."""
+    import tempfile
+
     from .json import check_writable
 
     check_writable(path)
     try:
-        if not os.path.lexists(path):
-            with open(path, "x"):
-                pass
-            os.remove(path)
-        elif os.path.isfile(path):
+        if os.path.isfile(path):
             with open(path, "a"):
+                pass
+        elif not os.path.lexists(path):
+            folder, name = os.path.split(path)
+            with tempfile.NamedTemporaryFile(dir=folder or ".", prefix=f".{name[:32]}.", suffix=".check"):
                 pass
     except OSError as exc:
         raise BadInput(f"cannot write {path}: {exc.strerror or exc}") from None
