@@ -158,6 +158,17 @@ def test_ranks_highlight_the_largest_peak():
     assert len(largest) == 1 and "900.00 MiB" in largest[0] and ">1</td>" in largest[0]
 
 
+def test_ranks_table_ends_with_the_jobs_total():
+    # GIVEN three ranks (under FSDP each holds a shard: only the sum shows the whole job)
+    ranks = [_report(rank=r, peak_bytes=p) for r, p in ((0, 300 * MiB), (1, 900 * MiB), (2, 100 * MiB))]
+    html = render_html(_report(ranks=ranks))
+    # THEN the last row of the table is the job's total, with its parts by category
+    total = re.findall(r'<tr class="total">(.*?)</tr>', html)
+    assert len(total) == 1 and ">job</td>" in total[0] and "1.27 GiB" in total[0]
+    parameters = sum(r.peak_by_category["parameters"] for r in ranks)
+    assert f"parameters {format_bytes(parameters)}" in total[0]
+
+
 def test_each_category_keeps_one_color_in_legend_bars_and_breakdown():
     assert sorted(STACK) == sorted(CATEGORIES)
     html = render_html(_report())

@@ -9,7 +9,6 @@ predicts for a card this machine does not have (gpu/cards.py). Exit 0 with an an
 from __future__ import annotations
 
 import json as json_module
-import math
 import re
 import sys
 from pathlib import Path
@@ -22,6 +21,7 @@ from rich.table import Table
 from ..batch.progress import SearchProgress
 from ..batch.script import ScriptTrials, current_batch_size, flag_refused
 from ..batch.search import DEFAULT_HIGH, BatchResult, search
+from ..diagnosis.remedies import accumulation
 from ..errors import BadInput, NothingFits
 from ..gpu.cards import ASSUMPTIONS, Card, card, describe
 from ..report.json import check_writable
@@ -218,13 +218,11 @@ def _card_lines(target: Card | None, result: BatchResult, beyond: int | None) ->
 
 
 def _accumulation(current: int | None, recommended: int | None) -> dict[str, int] | None:
-    """Micro-batch and steps keeping the effective batch `current`, when `recommended` is smaller:
-    an exact divisor of `current` where one is close, else the ceiling (a slightly larger batch)."""
+    """Micro-batch and steps keeping the effective batch `current`, when `recommended` is smaller
+    (the same rule as the OOM post-mortem's remedy)."""
     if current is None or recommended is None or recommended >= current:
         return None
-    least = math.ceil(current / recommended)
-    steps = next((k for k in range(least, 2 * least + 1) if current % k == 0), least)
-    micro = math.ceil(current / steps)
+    micro, steps = accumulation(current, recommended)
     return {"micro_batch_size": micro, "steps": steps, "effective_batch_size": micro * steps}
 
 

@@ -21,6 +21,7 @@ from html import escape
 from pathlib import Path
 from typing import Any
 
+from ..distributed.merge import job_total
 from ..errors import BadInput
 from ..sizes import format_bytes
 from .json import check_writable
@@ -250,6 +251,11 @@ def _ranks(ranks: list[Report] | None) -> str:
                     f"<td>{ended}</td></tr>")
     if len(ranks) > ITEMS:
         rows.append(f'<tr><td colspan="7" class="dim">{_e(more(ITEMS, len(ranks), "ranks"))}</td></tr>')
+    # Under FSDP/ZeRO a rank holds shards: only the job's total shows the whole model.
+    job = job_total(ranks)
+    parts = ", ".join(f"{c.replace('_', ' ')} {format_bytes(n)}" for c, n in job["peak_by_category"].items() if n)
+    rows.append(f'<tr class="total"><td>job</td><td></td><td class="num">{_e(format_bytes(job["peak_bytes"]))}</td>'
+                f'<td colspan="4" class="dim">the sum of the ranks\' peaks{_e(": " + parts, TITLE) if parts else ""}</td></tr>')
     return ('<section id="ranks"><h2>Ranks <span class="dim">peak per process</span></h2><table class="ranks">'
             "<tr><th>rank</th><th>device</th><th>peak</th><th>peak step</th><th>steps</th><th>findings</th>"
             f"<th>ended</th></tr>{''.join(rows)}</table></section>")
@@ -311,6 +317,7 @@ th{color:var(--dim);font-weight:600;font-size:12px}
 .num{text-align:right;font-variant-numeric:tabular-nums}
 tr.fails td{color:var(--err)}tr.fails .meter span{background:var(--err)}tr.fits td:nth-child(2){color:var(--ok)}
 tr.largest td{background:#fdecea;font-weight:600}
+tr.total td{border-top:2px solid var(--line);font-weight:600}
 .trials .meter{width:160px;margin:0}
 .finding{border:1px solid var(--line);border-left:4px solid var(--info);border-radius:6px;padding:10px 14px;
 margin:10px 0}
