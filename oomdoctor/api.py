@@ -22,7 +22,7 @@ import types
 from typing import TYPE_CHECKING, Any, Callable, Iterator, TypeVar, overload
 
 from .report.output import output_path
-from .runner import printable, tool_frames
+from .runner import exit_status, printable, tool_frames
 from .sizes import parse_size
 
 if TYPE_CHECKING:
@@ -122,7 +122,7 @@ def watch(fn: Callable[..., Any] | None = None, **options: Any) -> Any:
         hook = owned["hook"]
         hook.remove()
         if session._report is None:
-            _finish(session, owned["starter"], hook.uncaught)
+            _finish(session, owned["starter"], hook.uncaught, hook.exit_code)
             if isinstance(hook.uncaught, KeyboardInterrupt):
                 _keep_sigint_exit()
         return session.report()
@@ -132,13 +132,14 @@ def watch(fn: Callable[..., Any] | None = None, **options: Any) -> Any:
     return wrapper
 
 
-def _finish(session: Session, starter: int, exc: BaseException | None) -> None:
+def _finish(session: Session, starter: int, exc: BaseException | None, code: int | None = None) -> None:
     """Stop `session` and print/write its report, in the process that started it only."""
     if os.getpid() != starter:
         return
     from .report.output import emit
 
-    code = None if exc is None else 130 if isinstance(exc, KeyboardInterrupt) else 1
+    if exc is not None:
+        code = 130 if isinstance(exc, KeyboardInterrupt) else 1
     report = session.stop(exc, exit_code=code)
     emit(report, quiet=session.quiet, json_path=session.json_path, html_path=session.html_path)
 
@@ -161,6 +162,11 @@ class _UncaughtHook:
     def __init__(self, session: Session):
         self.session = session
         self.uncaught: BaseException | None = None
+        # `sys.exit(3)` reaches no excepthook and atexit is not told the status: the report
+        # learns it from the call itself (a bare `raise SystemExit(3)` outside a step stays unseen).
+        self.exit_code: int | None = None
+        self.exit = sys.exit
+        sys.exit = self._exit
         self.previous = sys.excepthook
         sys.excepthook = self
 
@@ -180,9 +186,15 @@ class _UncaughtHook:
             chained = chained.__cause__ or chained.__context__
         self.previous(kind, exc, exc.__traceback__)
 
+    def _exit(self, status: object = None) -> None:
+        self.exit_code = exit_status(status)
+        self.exit(status)
+
     def remove(self) -> None:
         if sys.excepthook is self:
             sys.excepthook = self.previous
+        if sys.exit == self._exit:
+            sys.exit = self.exit
 
 
 def _without_tool_frames(tb: types.TracebackType | None) -> types.TracebackType | None:

@@ -177,12 +177,19 @@ def _run_path(path: str, kept: list) -> None:
 
 
 def _exit_code(exc: SystemExit) -> int:
-    """What python's exit status is for `sys.exit(code)`."""
-    if exc.code is None:
+    """What python's exit status is for `sys.exit(code)`; like python, a message is printed."""
+    if exc.code is not None and not isinstance(exc.code, int):
+        print(exc.code, file=sys.stderr)
+    return exit_status(exc.code)
+
+
+def exit_status(code: object) -> int:
+    """The process's exit status for `sys.exit(code)`: None is 0, an int is taken modulo 256,
+    anything else (a message) is 1."""
+    if code is None:
         return 0
-    if isinstance(exc.code, int):
-        return exc.code & 0xFF if exc.code >= 0 else exc.code % 256
-    print(exc.code, file=sys.stderr)
+    if isinstance(code, int):
+        return code % 256
     return 1
 
 

@@ -5,6 +5,7 @@ import json
 import os
 import textwrap
 
+import pytest
 import torch
 from torch import nn
 
@@ -202,6 +203,17 @@ def test_ctrl_c_under_watch_is_reported_as_python_exits(tmp_path):
     result = run_python("prog.py", cwd=tmp_path)
     assert result.returncode == -2  # python dies of SIGINT, exit status 130 in a shell
     assert json.loads((tmp_path / "r.json").read_text())["exit"]["code"] == 130
+
+
+@pytest.mark.parametrize("ending, code", [("sys.exit(3)", 3), ("sys.exit('no more data')", 1), ("sys.exit()", 0)])
+def test_sys_exit_after_watched_steps_is_the_reports_exit_code(tmp_path, ending, code):
+    # GIVEN a watched program that ends with sys.exit (no excepthook sees it, atexit is not told)
+    _program(tmp_path, f"step(torch.randn(2, 4))\n{ending}\n")
+    # WHEN it runs with plain python
+    result = run_python("prog.py", cwd=tmp_path)
+    # THEN python's exit status stands, and the report says the same
+    assert result.returncode == code, result.stderr
+    assert json.loads((tmp_path / "r.json").read_text())["exit"]["code"] == code
 
 
 def test_a_forked_child_of_a_watched_program_does_not_report(tmp_path):
