@@ -1,8 +1,8 @@
 """Step time under oomdoctor vs. plain PyTorch, with PyTorch's own memory tools beside it.
 
-    python benchmarks/overhead.py [--quick] [--only cnn,mlp,launch,rl] [--device cuda] [--steps N]
+    python benchmarks/overhead.py [--quick] [--only cnn,mlp,launch,rl,fragmented] [--device cuda] [--steps N]
 
-Four loops, each measured in this one process, configurations interleaved in rounds so that
+Five loops, each measured in this one process, configurations interleaved in rounds so that
 machine noise hits all of them alike:
   cnn:    a small CNN, compute-bound steps (~70 ms on a 2-core CPU);
   mlp:    9 blocks of Linear+LayerNorm+GELU at width 128, batch 32: many cheap ops (~3 ms);
@@ -10,7 +10,8 @@ machine noise hits all of them alike:
           like the H100 case in docs/gpu-validation.md but with more, smaller layers;
   rl:     reinforcement learning as in pytorch/examples reinforce.py: a 2-layer policy, one
           forward (batch 1) and one action sample per environment step, one backward and one
-          optimizer step per 50-step episode; its unit is the episode.
+          optimizer step per 50-step episode; its unit is the episode;
+  fragmented: the mlp loop in a process whose C heap is fragmented (a heap reading costs ms).
 Configurations: plain; oomdoctor's default mode (`oomdoctor.track()`); oomdoctor with every op
 watched (`exact=True`, what `--capacity` uses on CPU); `torch.profiler.profile(profile_memory=True)`;
 `torch.distributed._tools.mem_tracker.MemTracker` (cnn and mlp only; --quick leaves it out).
@@ -29,7 +30,9 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import gc
 import os
+import random
 import statistics
 import sys
 import time
@@ -125,11 +128,28 @@ def make_rl(device: str):
     return policy, optimizer, episode
 
 
+def make_fragmented(device: str):
+    """The mlp loop in a process whose C heap holds ~100,000 free chunks (a corpus of Python bytes
+    of mixed sizes, half of it dropped), where one `mallinfo2` reading costs milliseconds: what
+    oomdoctor reads on CPU between watched steps. Last in the list: the heap stays fragmented."""
+    rng = random.Random(0)
+    corpus = [bytes(rng.randint(600, 4000)) for _ in range(200_000)]
+    del corpus[::2]
+    model, optimizer, step = make_mlp(device)
+
+    def fragmented_step() -> None:
+        step()
+        assert corpus  # held for the case's life
+
+    return model, optimizer, fragmented_step
+
+
 CASES = {
     "cnn": Case("cnn", make_cnn, 60),
     "mlp": Case("mlp", make_mlp, 600),
     "launch": Case("launch", make_launch, 400),
     "rl": Case("rl", make_rl, 60, unit="episode", mem_tracker=False),
+    "fragmented": Case("fragmented", make_fragmented, 600, mem_tracker=False),
 }
 
 
@@ -194,6 +214,9 @@ def measure(case: Case, steps: int, rounds: int, device: str, configs: list[str]
                     times[name].append(time.perf_counter() - start)
                     if between_steps is not None:  # bookkeeping a tool needs, not timed
                         between_steps()
+            # What a configuration left for the garbage collector (the profiler's events) must not
+            # be collected inside the next configuration's timed steps.
+            gc.collect()
     return times
 
 

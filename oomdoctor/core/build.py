@@ -131,6 +131,13 @@ def _run_notes(session: "Session", report_findings: list) -> list[str]:
         notes.append("On steps the per-op view skipped, totals come from the C heap: they include the "
                      "host memory of the retained autograd graphs (about 1 KB per node), which "
                      "--exact, counting tensor storages only, leaves out.")
+    meter = session.meter
+    if meter.reads_skipped:
+        notes.append(f"Reading the C heap costs {meter.read_seconds / max(meter.reads, 1) * 1e3:.1f} ms here (a "
+                     f"fragmented heap): it was read {meter.reads} times and skipped {meter.reads_skipped} times "
+                     "to keep oomdoctor's cost near 1 % of the run; between readings, totals are the last "
+                     "reading plus the change in parameters, gradients and optimizer state (--exact "
+                     "measures every op).")
     if session.meter.heap_unreliable:
         notes.append("The C heap moved by more than the tensors did while every op was watched (tiny "
                      "tensors beside numpy arrays or environment objects): steps the per-op view "

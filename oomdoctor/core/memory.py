@@ -28,7 +28,16 @@ from . import malloc
 from .clock import OpenStep
 
 _KNOWN = ("parameters", "gradients", "optimizer_state")
-READ_BUDGET_S = 10e-6  # a heap reading costing more is made at step boundaries only
+# Reading the C heap (`mallinfo2`) walks glibc's free lists: well under a microsecond on a tidy
+# heap, 18 ms on one holding 100,000 freed chunks (a corpus of Python bytes, partly dropped), and
+# read at every step boundary that turned a 1.6 ms step into 140 ms. So the readings are
+# rationed: all of them together take at most READ_SHARE of the run's time (after a first
+# READ_ALLOWANCE_S), and one inside a step is made only while it costs at most READ_BUDGET_S or
+# READ_SHARE of the time since the last point. Between readings the total is the last reading
+# plus what the known tensors (gradients, optimizer state) changed since.
+READ_SHARE = 0.01
+READ_ALLOWANCE_S = 0.02
+READ_BUDGET_S = 10e-6
 HEAP_NOISE_BYTES = 1 << 20  # heap movement beyond the tensors' that still says something about them
 
 
@@ -58,13 +67,27 @@ class MemoryMeter:
         self._offsets = (1 << 62, -(1 << 62))  # least and most heap beyond the ledger while calibrating
         self.heap_unreliable = False  # the heap moves more than the tensors: not used
         self.heap_noise = 0  # how far the heap beyond the tensors moved within a watched step
-        self._points_inside = True  # read the heap inside steps too, while that is cheap
         self._read_cost = 0.0  # seconds per heap reading, smoothed
+        self._interval = 0.0  # seconds between points, smoothed
+        self._started = self._last_point = time.perf_counter()
+        self.read_seconds = 0.0  # all heap readings together
+        self.reads = self.reads_skipped = 0
+        self._last_heap: int | None = None  # the last reading, and the known bytes then
+        self._last_known = 0
         self._complete = True  # every step so far was watched op by op: the ledger has it all
         self._unseen = 0  # bytes the heap holds beyond the ledger, once a step went unwatched
-        self._headroom = 0
-        self.headrooms = (1 << 62, 0)  # the least and most headroom seen: how far estimates may be off
-        self._points_max = 0
+        # A watched step's peak above its highest point: an unwatched window's peak is estimated
+        # from its own highest reading plus that headroom, the most over the windows of the last
+        # watched step (its forward and backward run in one window, its optimizer step in
+        # another). Two kinds: above every point ("inside"), or above the last step boundary
+        # ("boundary"), for windows with no reading inside them (the heap readings are rationed).
+        self._headroom = {"inside": 0, "boundary": 0}
+        self._headrooms = {"inside": (1 << 62, 0), "boundary": (1 << 62, 0)}  # the least and most seen
+        self._used = "inside"  # the kind of headroom the estimates used (the rougher one, once used)
+        self._fresh = False  # a watched step begins: its first window replaces the boundary headroom
+        self._points_max = self._bounds_max = self._last_bound = 0
+        self._read_inside = False  # a heap reading inside this window, not only at its boundaries
+        self._active = False  # a forward, backward or optimizer step ended in this window
         self._point_at_max: dict[str, int] = {}
 
     # -- the clock's Meter ---------------------------------------------------------------------
@@ -72,7 +95,7 @@ class MemoryMeter:
         if self._prepared != index:
             self._prepared = index
             self.ledger.step = index
-            self.exact_window = self.choose_exact(index)
+            self.exact_window = self._fresh = self.choose_exact(index)
             self._offsets = (1 << 62, -(1 << 62))  # the heap beyond the ledger, within this window
             if not self.exact_window:
                 self._complete = False
@@ -93,7 +116,11 @@ class MemoryMeter:
     def boundary(self) -> int:
         self.walk()
         current = self.current_bytes()
-        self.point(boundary=True)
+        if self.exact_window or self.on_cuda:
+            self.point(boundary=True)
+        else:  # current_bytes read the heap already
+            self._raise_points(current)
+            self._last_bound = current
         return current
 
     def take_peak(self, step: OpenStep) -> None:
@@ -106,19 +133,30 @@ class MemoryMeter:
         elif self.exact_window:
             peak, by_category = self.ledger.take_peak()
             self._activations = by_category.get("activations", 0)
-            if self._points_max:
-                self._headroom = max(0, peak - self._points_max)
-                self.headrooms = (min(self.headrooms[0], self._headroom), max(self.headrooms[1], self._headroom))
+            for kind, base in (("inside", self._points_max), ("boundary", max(self._bounds_max, self._last_bound))):
+                if base:
+                    headroom = max(0, peak - base)
+                    if not self._fresh:
+                        headroom = max(headroom, self._headroom[kind])
+                    self._headroom[kind] = self._record(kind, headroom)
+            self._fresh = False
             if self._unseen:
                 by_category = dict(by_category)
                 by_category["other"] += self._unseen
             step.raise_peak(peak + self._unseen, by_category)
+        elif self._heap_offset is not None and not self._active:
+            self.ledger.take_peak()  # nothing ran here (between two boundaries): no peak to guess
+            step.raise_peak(self._points_max, self._point_at_max or self._estimate(self._points_max), estimated=True)
         elif self._heap_offset is not None:
             self.ledger.take_peak()
-            peak = self._points_max + self._headroom
+            kind = "inside" if self._read_inside else "boundary"
+            if kind == "boundary":
+                self._used = kind
+            headroom = self._headroom[kind]
+            peak = (self._points_max if kind == "inside" else max(self._points_max, self._last_bound)) + headroom
             by_category = dict(self._point_at_max or self._estimate(peak))
-            if self._headroom:
-                by_category["activations"] = by_category.get("activations", 0) + self._headroom
+            if headroom:
+                by_category["activations"] = by_category.get("activations", 0) + headroom
             step.raise_peak(peak, by_category, estimated=True)
         else:
             # No cheap total here: what is live, the gradients read at the boundary and the
@@ -128,8 +166,19 @@ class MemoryMeter:
             by_category["gradients"] += self._grad_bytes
             by_category["activations"] += self._activations
             step.raise_peak(peak + self._grad_bytes + self._activations, by_category, estimated=True)
-        self._points_max = 0
+        self._points_max = self._bounds_max = 0
+        self._read_inside = self._active = False
         self._point_at_max = {}
+
+    def _record(self, kind: str, headroom: int) -> int:
+        low, high = self._headrooms[kind]
+        self._headrooms[kind] = (min(low, headroom), max(high, headroom))
+        return headroom
+
+    @property
+    def headrooms(self) -> tuple[int, int]:
+        """The least and most headroom of the kind the estimates used: how far they may be off."""
+        return self._headrooms[self._used]
 
     def outside_steps(self, step: OpenStep) -> None:
         self._note_outside(step)
@@ -142,19 +191,34 @@ class MemoryMeter:
         """Read the total at a point of interest; on CPU steps without the per-op view this is
         the only view of what happens inside the step. Inside a step only while reading the
         heap stays cheap: a fragmented heap makes `mallinfo2` walk long free lists."""
-        if self.on_cuda or not (boundary or self._points_inside):
+        if self.on_cuda:
             return
+        self._active |= not boundary
+        now = time.perf_counter()
+        self._interval = 0.9 * self._interval + 0.1 * (now - self._last_point)
+        self._last_point = now
+        affordable = boundary or self._read_cost <= max(READ_BUDGET_S, READ_SHARE * self._interval)
         if self.exact_window:
+            self._points_max = max(self._points_max, self.ledger.total)
+            if boundary:
+                self._bounds_max = max(self._bounds_max, self.ledger.total)
+                self._last_bound = self.ledger.total
+            if not affordable:
+                return
             total = self.ledger.total + self._grad_bytes
             heap = self._timed_heap()
             if heap is not None and (self._complete or self._heap_offset is None):
                 self._calibrate(heap - total)
             elif heap is not None and self._heap_offset is not None:
                 self._unseen = max(0, heap - self._heap_offset - total)
-            self._points_max = max(self._points_max, self.ledger.total)
             return
-        total = self._heap_total()
-        if total is not None and total > self._points_max:
+        if affordable:
+            reads = self.reads
+            self._raise_points(self._heap_total())
+            self._read_inside |= not boundary and self.reads > reads
+
+    def _raise_points(self, total: int | None) -> None:
+        if total is not None and total > self._points_max and self._heap_offset is not None:
             self._points_max = total
             self._point_at_max = self._estimate(total)
 
@@ -178,17 +242,29 @@ class MemoryMeter:
         return dict(self.ledger.by_category)
 
     def _heap_total(self) -> int | None:
+        """The live total from the heap: read now, or where the readings are rationed, the last
+        reading plus what the known tensors changed since."""
         if self._heap_offset is None:
             return None
+        known = self.ledger.total + self._grad_bytes
         heap = self._timed_heap()
+        if heap is not None:
+            self._last_heap, self._last_known = heap, known
+        elif self._last_heap is not None:
+            heap = self._last_heap + known - self._last_known
         return None if heap is None else max(0, heap - self._heap_offset)
 
     def _timed_heap(self) -> int | None:
+        """A heap reading, or None when the readings have used up their share of the run."""
         start = time.perf_counter()
+        if self.read_seconds > READ_SHARE * (start - self._started) + READ_ALLOWANCE_S:
+            self.reads_skipped += 1
+            return None
         heap = malloc.heap_bytes()
-        self._read_cost = 0.9 * self._read_cost + 0.1 * (time.perf_counter() - start)
-        if self._read_cost > READ_BUDGET_S:
-            self._points_inside = False  # boundaries only from now on
+        cost = time.perf_counter() - start
+        self._read_cost = 0.9 * self._read_cost + 0.1 * cost
+        self.read_seconds += cost
+        self.reads += 1
         return heap
 
     def _calibrate(self, offset: int) -> None:
