@@ -32,12 +32,11 @@ _KNOWN = ("parameters", "gradients", "optimizer_state")
 # heap, 18 ms on one holding 100,000 freed chunks (a corpus of Python bytes, partly dropped), and
 # read at every step boundary that turned a 1.6 ms step into 140 ms. So the readings are
 # rationed: all of them together take at most READ_SHARE of the run's time (after a first
-# READ_ALLOWANCE_S), and one inside a step is made only while it costs at most READ_BUDGET_S or
-# READ_SHARE of the time since the last point. Between readings the total is the last reading
-# plus what the known tensors (gradients, optimizer state) changed since.
+# READ_ALLOWANCE_S); a point that comes when the share is spent is not read. Between readings
+# the total is the last reading plus what the known tensors (gradients, optimizer state)
+# changed since.
 READ_SHARE = 0.01
 READ_ALLOWANCE_S = 0.02
-READ_BUDGET_S = 10e-6
 HEAP_NOISE_BYTES = 1 << 20  # heap movement beyond the tensors' that still says something about them
 
 
@@ -67,9 +66,7 @@ class MemoryMeter:
         self._offsets = (1 << 62, -(1 << 62))  # least and most heap beyond the ledger while calibrating
         self.heap_unreliable = False  # the heap moves more than the tensors: not used
         self.heap_noise = 0  # how far the heap beyond the tensors moved within a watched step
-        self._read_cost = 0.0  # seconds per heap reading, smoothed
-        self._interval = 0.0  # seconds between points, smoothed
-        self._started = self._last_point = time.perf_counter()
+        self._started = time.perf_counter()
         self.read_seconds = 0.0  # all heap readings together
         self.reads = self.reads_skipped = 0
         self._last_heap: int | None = None  # the last reading, and the known bytes then
@@ -189,22 +186,16 @@ class MemoryMeter:
     # -- cheap points (forward and backward ends, optimizer steps) -----------------------------
     def point(self, boundary: bool = False) -> None:
         """Read the total at a point of interest; on CPU steps without the per-op view this is
-        the only view of what happens inside the step. Inside a step only while reading the
-        heap stays cheap: a fragmented heap makes `mallinfo2` walk long free lists."""
+        the only view of what happens inside the step (the readings are rationed, see
+        READ_SHARE)."""
         if self.on_cuda:
             return
         self._active |= not boundary
-        now = time.perf_counter()
-        self._interval = 0.9 * self._interval + 0.1 * (now - self._last_point)
-        self._last_point = now
-        affordable = boundary or self._read_cost <= max(READ_BUDGET_S, READ_SHARE * self._interval)
         if self.exact_window:
             self._points_max = max(self._points_max, self.ledger.total)
             if boundary:
                 self._bounds_max = max(self._bounds_max, self.ledger.total)
                 self._last_bound = self.ledger.total
-            if not affordable:
-                return
             total = self.ledger.total + self._grad_bytes
             heap = self._timed_heap()
             if heap is not None and (self._complete or self._heap_offset is None):
@@ -212,10 +203,9 @@ class MemoryMeter:
             elif heap is not None and self._heap_offset is not None:
                 self._unseen = max(0, heap - self._heap_offset - total)
             return
-        if affordable:
-            reads = self.reads
-            self._raise_points(self._heap_total())
-            self._read_inside |= not boundary and self.reads > reads
+        reads = self.reads
+        self._raise_points(self._heap_total())
+        self._read_inside |= not boundary and self.reads > reads
 
     def _raise_points(self, total: int | None) -> None:
         if total is not None and total > self._points_max and self._heap_offset is not None:
@@ -254,15 +244,17 @@ class MemoryMeter:
             heap = self._last_heap + known - self._last_known
         return None if heap is None else max(0, heap - self._heap_offset)
 
+    def _affordable(self) -> bool:
+        return self.read_seconds <= READ_SHARE * (time.perf_counter() - self._started) + READ_ALLOWANCE_S
+
     def _timed_heap(self) -> int | None:
         """A heap reading, or None when the readings have used up their share of the run."""
-        start = time.perf_counter()
-        if self.read_seconds > READ_SHARE * (start - self._started) + READ_ALLOWANCE_S:
+        if not self._affordable():
             self.reads_skipped += 1
             return None
+        start = time.perf_counter()
         heap = malloc.heap_bytes()
         cost = time.perf_counter() - start
-        self._read_cost = 0.9 * self._read_cost + 0.1 * cost
         self.read_seconds += cost
         self.reads += 1
         return heap
