@@ -41,9 +41,10 @@ class FakeMeter:
         self.closed.append(step)
 
 
-def replay(events: str) -> FakeMeter:
+def replay(events: str, failed: bool = False) -> FakeMeter:
     """`events`: space-separated words: `b` (backward), `A`/`B`/`C` (that optimizer steps: pre
-    and post), `m` (explicit mark), then the session finishes."""
+    and post), `m` (explicit mark), `f` (a forward), then the session finishes (`failed`: the
+    run raised)."""
     meter = FakeMeter()
     clock = StepClock(meter, clock=itertools.count().__next__)
     clock.start()
@@ -52,10 +53,12 @@ def replay(events: str) -> FakeMeter:
             clock.backward_end()
         elif event == "m":
             clock.mark()
+        elif event == "f":
+            clock.training_starts()
         else:
             clock.optimizer_pre(ord(event))
             clock.optimizer_post(ord(event))
-    clock.finish()
+    clock.finish(failed=failed)
     return meter
 
 
@@ -120,3 +123,14 @@ def test_what_runs_after_the_last_step_is_no_step_but_counts_for_the_peak():
     meter = replay("b A b A")
     assert indices(meter) == [0, 1]
     assert meter.outside and meter.outside[-1].peak > 0
+
+
+def test_a_run_that_fails_in_its_first_forward_has_that_step():
+    # the post-mortem names the step that failed
+    assert indices(replay("f", failed=True)) == [0]
+
+
+def test_a_run_that_fails_before_training_has_no_step():
+    # argparse rejects an argument, a file is missing: nothing trained, so no step 0 of 0 B
+    meter = replay("", failed=True)
+    assert indices(meter) == [] and len(meter.outside) == 1

@@ -89,6 +89,7 @@ class StepClock:
         self.next_index = 0
         self.last_stepped: frozenset[int] | None = None  # optimizers of the last closed step
         self.backward_since_optimizer = False
+        self.trained = False  # a forward, backward or optimizer step happened: there are steps
 
     # -- events --------------------------------------------------------------------------------
     def start(self) -> None:
@@ -97,12 +98,14 @@ class StepClock:
     def training_starts(self) -> None:
         """The first forward of the run: if step 0 is still the session's first window, it starts
         now (building the model and loading data came before it)."""
+        self.trained = True
         step = self.open
         if step is not None and step.index == 0 and not self.explicit and not self.pending:
             step.start_bytes = self.meter.boundary()
             step.start_time = self.now()
 
     def optimizer_pre(self, optimizer_id: int) -> None:
+        self.trained = True
         self.in_optimizer += 1
         if self.explicit or self.in_optimizer > 1:
             return
@@ -143,6 +146,7 @@ class StepClock:
         self.meter.prepare(self.next_index)
 
     def backward_end(self) -> None:
+        self.trained = True
         if self.in_optimizer:
             return
         self.backward_since_optimizer = True
@@ -193,7 +197,7 @@ class StepClock:
         step, self.open = self.open, None
         if step is None:
             return
-        if failed and not self.explicit:
+        if failed and not self.explicit and self.trained:
             self.open = step
             self._close_now()
             self.open = None
