@@ -133,16 +133,19 @@ def _run_notes(session: "Session", report_findings: list) -> list[str]:
                      "--exact, counting tensor storages only, leaves out.")
     meter = session.meter
     if meter.reads_skipped:
-        notes.append(f"Reading the C heap costs {meter.read_seconds / max(meter.reads, 1) * 1e3:.1f} ms here (a "
-                     f"fragmented heap): it was read {meter.reads} times and skipped {meter.reads_skipped} times "
+        cost = meter.read_seconds / max(meter.reads, 1)
+        cost_text = f"{cost * 1e3:.1f} ms" if cost >= 1e-3 else f"{cost * 1e6:.0f} µs"
+        notes.append(f"Reading the C heap costs {cost_text} a time here (its free lists are long, or the "
+                     f"points to read come fast): it was read {meter.reads} times and skipped {meter.reads_skipped} times "
                      "to keep oomdoctor's cost near 1 % of the run; between readings, totals are the last "
                      "reading plus the change in parameters, gradients and optimizer state (--exact "
                      "measures every op).")
     if session.meter.heap_unreliable:
         notes.append("The C heap moved by more than the tensors did while every op was watched (tiny "
                      "tensors beside numpy arrays or environment objects): steps the per-op view "
-                     "skipped are read at their boundaries only, and their peaks are rougher estimates "
-                     "(--exact measures every step).")
+                     "skipped are read at their boundaries only, and their peaks are estimated from "
+                     "the last watched step's activations: a step that did more (a longer episode) "
+                     "may have peaked above the peak shown (--exact measures every step).")
     gpu = _aggregates_gpu(session)
     if gpu is not None:
         verdict = (f"fits with {_mib(gpu['headroom_bytes'])} to spare" if gpu["fits"]

@@ -37,7 +37,7 @@ _KNOWN = ("parameters", "gradients", "optimizer_state")
 # changed since.
 READ_SHARE = 0.01
 READ_ALLOWANCE_S = 0.02
-HEAP_NOISE_BYTES = 1 << 20  # heap movement beyond the tensors' that still says something about them
+HEAP_NOISE_BYTES = 256 << 10  # heap movement beyond the tensors' that still says something about them
 
 
 class MemoryMeter:
@@ -59,7 +59,7 @@ class MemoryMeter:
         self.reserved_peak = 0  # CUDA: what a cap (per-process memory fraction) limits
         self._state_sizes: dict[int, int] = {}  # optimizer id -> len(state) at the last walk
         self._grad_bytes = 0  # gradients not in the ledger (steps without the per-op view)
-        self._activations = 0  # activations at the last exact peak: the fallback estimate
+        self._activations = 0  # the last watched step's activations at its peak: the fallback estimate
         # CPU heap calibration: heap bytes minus ledger bytes, and the last exact step's peak
         # above its highest point.
         self._heap_offset: int | None = None
@@ -81,7 +81,7 @@ class MemoryMeter:
         self._headroom = {"inside": 0, "boundary": 0}
         self._headrooms = {"inside": (1 << 62, 0), "boundary": (1 << 62, 0)}  # the least and most seen
         self._used = "inside"  # the kind of headroom the estimates used (the rougher one, once used)
-        self._fresh = False  # a watched step begins: its first window replaces the boundary headroom
+        self._fresh = False  # a watched step begins: its first window replaces what the last one left
         self._points_max = self._bounds_max = self._last_bound = 0
         self._read_inside = False  # a heap reading inside this window, not only at its boundaries
         self._active = False  # a forward, backward or optimizer step ended in this window
@@ -129,7 +129,8 @@ class MemoryMeter:
             step.raise_peak(peak, _with_other(by_category, peak, "other" if self.exact_window else "activations"))
         elif self.exact_window:
             peak, by_category = self.ledger.take_peak()
-            self._activations = by_category.get("activations", 0)
+            activations = by_category.get("activations", 0)
+            self._activations = activations if self._fresh else max(activations, self._activations)
             for kind, base in (("inside", self._points_max), ("boundary", max(self._bounds_max, self._last_bound))):
                 if base:
                     headroom = max(0, peak - base)
