@@ -234,7 +234,7 @@ class MemoryMeter:
 
     def _heap_total(self) -> int | None:
         """The live total from the heap: read now, or where the readings are rationed, the last
-        reading plus what the known tensors changed since."""
+        reading plus what the known tensors changed since; at least what the ledger holds."""
         if self._heap_offset is None:
             return None
         known = self.ledger.total + self._grad_bytes
@@ -243,7 +243,8 @@ class MemoryMeter:
             self._last_heap, self._last_known = heap, known
         elif self._last_heap is not None:
             heap = self._last_heap + known - self._last_known
-        return None if heap is None else max(0, heap - self._heap_offset)
+        # Never below what the ledger knows is alive: heap noise can make the difference small.
+        return None if heap is None else max(known, heap - self._heap_offset)
 
     def _affordable(self) -> bool:
         return self.read_seconds <= READ_SHARE * (time.perf_counter() - self._started) + READ_ALLOWANCE_S
