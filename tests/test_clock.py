@@ -107,6 +107,11 @@ def test_backwards_before_the_first_optimizer_step_are_its_micro_batches():
     assert indices(meter) == [0, 1]
 
 
+def test_nanogpts_40_micro_batches_before_the_first_optimizer_step_are_step_0():
+    # nanoGPT's default: gradient_accumulation_steps = 5 * 8 (it once gave 34 steps here)
+    assert indices(replay("b " * 40 + "A " + "b " * 40 + "A")) == [0, 1]
+
+
 def test_no_optimizer_ever_after_many_backwards_flushes_held_steps():
     meter = replay("b " * (PENDING_BACKWARDS + 3))
     assert indices(meter) == list(range(PENDING_BACKWARDS + 3))

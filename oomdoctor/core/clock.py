@@ -24,8 +24,9 @@ from typing import Protocol
 from ..report.model import empty_categories
 
 # Backward-only steps held back before deciding the script updates parameters by hand: larger
-# than any common gradient-accumulation factor.
-PENDING_BACKWARDS = 32
+# than any common gradient-accumulation factor (nanoGPT's default is 40 micro-batches a step).
+# The cost of a large value: a script with hand-written updates closes its first steps late.
+PENDING_BACKWARDS = 128
 
 
 class OpenStep:
