@@ -256,6 +256,9 @@ class Session:
     def backward_failed(self) -> None:
         self._pop("backward")
 
+    def compiled(self) -> None:
+        self.meter.compiled()
+
     def backward_end(self) -> None:
         self._pop("backward")
         self.step_log.forwards = 0

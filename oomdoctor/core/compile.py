@@ -71,16 +71,20 @@ def _register_callbacks(hooks: "HookSet") -> Callable[[], None]:
             if key in table:
                 hidden.append((table, key, table.pop(key)))
 
-    def end(*args: Any) -> None:
+    def put_back() -> None:
         while hidden:
             table, key, value = hidden.pop()
             table[key] = value
+
+    def end(*args: Any) -> None:
+        put_back()
+        hooks._call(hooks.listener.compiled)  # the heap moved for the compiler, not the program
 
     callback_handler.register_start_callback(start)
     callback_handler.register_end_callback(end)
 
     def unregister() -> None:
-        end()
+        put_back()
         callback_handler.remove_start_callback(start)
         callback_handler.remove_end_callback(end)
 

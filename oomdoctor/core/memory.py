@@ -64,6 +64,7 @@ class MemoryMeter:
         # above its highest point.
         self._heap_offset: int | None = None
         self._offsets = (1 << 62, -(1 << 62))  # least and most heap beyond the ledger while calibrating
+        self._compiled = False  # torch.compile compiled in this window
         self.heap_unreliable = False  # the heap moves more than the tensors: not used
         self.heap_noise = 0  # how far the heap beyond the tensors moved within a watched step
         self._started = time.perf_counter()
@@ -94,6 +95,7 @@ class MemoryMeter:
             self.ledger.step = index
             self.exact_window = self._fresh = self.choose_exact(index)
             self._offsets = (1 << 62, -(1 << 62))  # the heap beyond the ledger, within this window
+            self._compiled = False
             if not self.exact_window:
                 self._complete = False
 
@@ -265,11 +267,13 @@ class MemoryMeter:
         """While every step is watched: the heap beyond the ledger. When it moves within one step
         by more than the tensors do (a program whose tensors are tiny beside numpy arrays, gym
         objects...), the heap says nothing about tensors: stop using it. The first two steps do
-        not count: PyTorch initializes its own buffers lazily then."""
+        not count: PyTorch initializes its own buffers lazily then; nor does a step in which
+        `torch.compile` compiled (its code generation moves the heap, once)."""
         low, high = self._offsets = (min(self._offsets[0], offset), max(self._offsets[1], offset))
-        if (self._prepared or 0) >= 2:
+        judged = (self._prepared or 0) >= 2 and not self._compiled
+        if judged:
             self.heap_noise = max(self.heap_noise, high - low)
-        if (self._prepared or 0) >= 2 and high - low > max(HEAP_NOISE_BYTES, self.ledger.peak // 2):
+        if judged and high - low > max(HEAP_NOISE_BYTES, self.ledger.peak // 2):
             self.heap_unreliable = True
             self._heap_offset = None
         elif not self.heap_unreliable:
@@ -288,6 +292,11 @@ class MemoryMeter:
         by_category["other"] = min(self.ledger.by_category["other"], max(0, total - sum(by_category.values())))
         by_category["activations"] = max(0, total - sum(by_category.values()))
         return by_category
+
+    def compiled(self) -> None:
+        """`torch.compile` compiled something: this window's heap movement says nothing of the
+        program's own."""
+        self._compiled = True
 
     # -- tensors known by their role -----------------------------------------------------------
     def adopt_optimizer(self, optimizer: torch.optim.Optimizer) -> None:
