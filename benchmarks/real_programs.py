@@ -1,15 +1,20 @@
-"""Real, unmodified programs from pytorch/examples, run plainly and under `oomdoctor run`, compared.
+"""Real, unmodified programs from pytorch/examples, nanoGPT and minGPT, run plainly and under
+`oomdoctor run`, compared.
 
-    python benchmarks/real_programs.py --examples /tmp/examples [--site DIR] [--only mnist,vae]
+    python benchmarks/real_programs.py --examples /tmp/examples [--nanogpt DIR] [--mingpt DIR]
+                                       [--site DIR] [--only mnist,vae]
     python benchmarks/real_programs.py --prepare-site DIR     # benchmark-only packages, see below
 
-`--examples` is a checkout of github.com/pytorch/examples (not part of this repository). Each
-program runs three times on CPU, with data made here offline (random MNIST idx files, a small
-sine-wave file, a random-word corpus; dcgan's `--dataset fake`, imagenet's `--dummy`): plainly,
+`--examples` is a checkout of github.com/pytorch/examples, `--nanogpt` of karpathy/nanoGPT and
+`--mingpt` of karpathy/minGPT (none of them part of this repository; programs of a checkout not
+given are skipped). Each program runs three times on CPU, with data made here offline (random
+MNIST idx files, a small sine-wave file, a random-word corpus, random GPT tokens; dcgan's
+`--dataset fake`, imagenet's `--dummy`): plainly,
 under `oomdoctor run --json`, and under `oomdoctor run --exact --json`. All three go through the
 same small launcher (written into the work folder) that runs the program with `runpy` like python
 does and records what the program itself did: optimizer.step() and backward() calls, and the bytes
-of every live `nn.Parameter` (a gc scan at the first forward and the first optimizer step), and
+of every live `nn.Parameter` and module buffer (a gc scan at the first forward and the first
+optimizer step), and
 stops after N optimizer steps for programs that would run for hours (imagenet, reinforcement
 learning). The program's source is untouched. Printed per program: exit codes and stdout equal
 (timings masked), steps reported vs done, parameter bytes at the peak vs real, peak default vs
@@ -26,6 +31,7 @@ import argparse
 import dataclasses
 import json
 import os
+import pickle
 import re
 import shutil
 import subprocess
@@ -47,8 +53,13 @@ random.seed(0)  # programs that never seed (mnist_forward_forward, vae, regressi
 torch.manual_seed(0)
 seen = {"optimizer_steps": 0, "optimizers": [], "backwards": 0, "param_bytes": 0}
 def scan():
-    storages = {p.untyped_storage().data_ptr(): p.untyped_storage().nbytes()
-                for p in gc.get_objects() if issubclass(type(p), torch.nn.Parameter)}
+    # parameters and the modules' buffers (BatchNorm statistics, causal masks): oomdoctor's
+    # "parameters" category is the model's state
+    objects = gc.get_objects()
+    tensors = [p for p in objects if issubclass(type(p), torch.nn.Parameter)]
+    tensors += [b for m in objects if issubclass(type(m), torch.nn.Module)  # not isinstance: weak proxies
+                for b in m.buffers(recurse=False) if b is not None]
+    storages = {t.untyped_storage().data_ptr(): t.untyped_storage().nbytes() for t in tensors}
     seen["param_bytes"] = max(seen["param_bytes"], sum(storages.values()))
 def on_forward(module, args):
     handle.remove()
@@ -119,7 +130,7 @@ def write_corpus(folder: Path) -> None:
 @dataclasses.dataclass
 class Program:
     name: str
-    script: str  # relative to the examples checkout
+    script: str  # relative to the checkout of `repo`
     args: list[str]
     truth: str  # what one step of this program is: "optimizer", "optimizer/2", "backward", "none"
     needs: tuple[str, ...] = ()
@@ -127,6 +138,8 @@ class Program:
     setup: Callable[[Path], None] | None = None  # makes the data, in the program's working folder
     mask: str = ""  # regex of stdout parts that vary from run to run (timings, unseeded numbers)
     launcher: bool = True  # False: mp.spawn programs, run directly (the launcher records the parent only)
+    repo: str = "examples"  # which checkout: examples, nanogpt, mingpt
+    importable_root: bool = False  # the checkout's root goes on PYTHONPATH (minGPT's `mingpt` package)
 
 
 def _mnist_parent(cwd: Path) -> None:
@@ -141,6 +154,26 @@ def _vae(cwd: Path) -> None:
     write_mnist(cwd.parent / "data")
     (cwd / "results").mkdir(exist_ok=True)
 
+
+def _nanogpt(cwd: Path) -> None:
+    """train.py reads `configurator.py` and `data/<dataset>/` from its working folder."""
+    import numpy as np
+
+    folder = cwd / "data" / "rand"
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    rng.integers(0, 65, 200_000, dtype=np.uint16).tofile(folder / "train.bin")
+    rng.integers(0, 65, 20_000, dtype=np.uint16).tofile(folder / "val.bin")
+    (folder / "meta.pkl").write_bytes(pickle.dumps({"vocab_size": 65}))
+
+
+def _configurator(checkout: Path, cwd: Path) -> None:
+    shutil.copy(checkout / "configurator.py", cwd / "configurator.py")
+
+
+NANOGPT = ["--device=cpu", "--eval_iters=2", "--log_interval=5", "--block_size=64", "--batch_size=8",
+           "--n_layer=2", "--n_head=2", "--n_embd=64", "--max_iters=30", "--lr_decay_iters=30", "--dropout=0.0",
+           "--dataset=rand", "--eval_interval=15", "--always_save_checkpoint=False", "--out_dir=out"]
 
 PROGRAMS = [
     Program("mnist", "mnist/main.py", ["--epochs", "2", "--no-accel", "--test-batch-size", "100"],
@@ -170,6 +203,15 @@ PROGRAMS = [
             ["--data", "corpus", "--checkpoint", "model.pt", "--words", "60", "--log-interval", "20"], "none"),
     Program("regression", "regression/main.py", [], "backward"),
     Program("distributed/rpc/rnn (mp.spawn)", "distributed/rpc/rnn/main.py", [], "none", launcher=False),
+    # nanoGPT's defaults: 40 micro-batches of gradient accumulation per optimizer step
+    Program("nanoGPT", "train.py", NANOGPT + ["--compile=False"], "optimizer", repo="nanogpt",
+            setup=_nanogpt, mask=r"time [\d.]+ms, mfu -?[\d.]+%"),
+    Program("nanoGPT --compile=True", "train.py", NANOGPT + ["--compile=True", "--gradient_accumulation_steps=4"],
+            "optimizer", repo="nanogpt", setup=_nanogpt, mask=r"time [\d.]+ms, mfu -?[\d.]+%"),
+    # minGPT's trainer: a DataLoader with 4 forked workers; an evaluation under no_grad at iteration 0
+    Program("minGPT adder", "projects/adder/adder.py",
+            ["--trainer.max_iters=120", "--trainer.device=cpu", "--model.model_type=gpt-nano"], "optimizer",
+            repo="mingpt", importable_root=True, mask=r"iter_dt [\d.]+ms"),
 ]
 
 
@@ -183,8 +225,10 @@ class Run:
     report: dict[str, Any] | None
 
 
-def run_one(program: Program, examples: Path, cwd: Path, env: dict[str, str], tool: list[str]) -> Run:
-    script = str(examples / program.script)
+def run_one(program: Program, checkout: Path, cwd: Path, env: dict[str, str], tool: list[str]) -> Run:
+    script = str(checkout / program.script)
+    if program.importable_root:
+        env = dict(env, PYTHONPATH=os.pathsep.join(filter(None, [str(checkout), env.get("PYTHONPATH")])))
     seen_path, report_path = cwd / "seen.json", cwd / "report.json"
     for path in (seen_path, report_path):
         path.unlink(missing_ok=True)
@@ -233,7 +277,7 @@ def check(program: Program, plain: Run, default: Run, exact: Run) -> tuple[dict[
         problems.append(f"steps: reported {steps}, the program did {truth}")
     real = default.seen.get("param_bytes", 0)
     at_peak = (report.get("peak_by_category") or {}).get("parameters")
-    if real and at_peak != real:
+    if real and at_peak is not None and at_peak != real:
         other = (report.get("peak_by_category") or {}).get("other")
         problems.append(f"parameters at the peak {at_peak:,} B, real {real:,} B (other {other:,} B)")
     first = (report.get("steps") or [{}])[0]
@@ -292,11 +336,11 @@ sys.meta_path.insert(0, _TorchvisionOps())
 '''
 
 
-def lint(programs: list[Program], examples: Path, env: dict[str, str]) -> list[str]:
+def lint(programs: list[Program], roots: dict[str, Path], env: dict[str, str]) -> list[str]:
     """`oomdoctor lint` of the programs' scripts: one line per finding, to judge by hand."""
-    scripts = sorted({program.script for program in programs})
+    scripts = sorted({str(roots[program.repo] / program.script) for program in programs})
     proc = subprocess.run([sys.executable, "-m", "oomdoctor", "lint", "--json", *scripts],
-                          cwd=examples, env=env, capture_output=True, text=True, timeout=600)
+                          env=env, capture_output=True, text=True, timeout=600)
     try:
         findings = json.loads(proc.stdout)["findings"]
     except (ValueError, KeyError):
@@ -315,6 +359,8 @@ def print_table(rows: list[dict[str, Any]]) -> None:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--examples", type=Path, help="a checkout of pytorch/examples")
+    parser.add_argument("--nanogpt", type=Path, help="a checkout of karpathy/nanoGPT")
+    parser.add_argument("--mingpt", type=Path, help="a checkout of karpathy/minGPT")
     parser.add_argument("--site", type=Path, help="extra PYTHONPATH for the programs' own dependencies")
     parser.add_argument("--prepare-site", type=Path, metavar="DIR", help="install those dependencies into DIR")
     parser.add_argument("--only", help="comma-separated program names (prefixes)")
@@ -323,8 +369,14 @@ def main() -> int:
     if args.prepare_site:
         prepare_site(args.prepare_site)
         return 0
-    if args.examples is None or not (args.examples / "mnist" / "main.py").exists():
-        parser.error("--examples must point at a checkout of pytorch/examples")
+    roots = {name: path for name, path in (("examples", args.examples), ("nanogpt", args.nanogpt),
+                                           ("mingpt", args.mingpt)) if path is not None}
+    marks = {"examples": "mnist/main.py", "nanogpt": "train.py", "mingpt": "mingpt/model.py"}
+    for name, path in roots.items():
+        if not (path / marks[name]).exists():
+            parser.error(f"--{name} must point at a checkout of it ({path / marks[name]} is missing)")
+    if not roots:
+        parser.error("give --examples, --nanogpt or --mingpt")
     # TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD: time_sequence_prediction and generate.py torch.load a numpy
     # array and a whole model, which torch >= 2.6 refuses by default (they fail under plain python too).
     env = dict(os.environ, OOMDOCTOR_DEVICE="cpu", CUDA_VISIBLE_DEVICES="", PYTHONHASHSEED="0", MPLBACKEND="Agg",
@@ -336,22 +388,28 @@ def main() -> int:
     (work / "launch.py").write_text(LAUNCHER)
     import torch
 
-    print(f"torch {torch.__version__}, CPU, {os.cpu_count()} cores; examples at {args.examples}; work in {work}")
+    print(f"torch {torch.__version__}, CPU, {os.cpu_count()} cores; checkouts {roots}; work in {work}")
     rows, failures, skipped = [], [], []
     for program in PROGRAMS:
         if args.only and not any(program.name.startswith(p) for p in args.only.split(",")):
+            continue
+        if program.repo not in roots:
+            skipped.append(f"{program.name}: no --{program.repo} checkout given")
             continue
         missing = [m for m in program.needs if not importable(m, env)]
         if missing:
             skipped.append(f"{program.name}: {', '.join(missing)} not importable")
             continue
-        cwd = work / program.script.split("/")[0]
+        checkout = roots[program.repo]
+        cwd = work / (program.repo if program.repo != "examples" else program.script.split("/")[0])
         cwd.mkdir(exist_ok=True)
         if program.setup:
             program.setup(cwd)
-        plain = run_one(program, args.examples, cwd, env, [])
-        default = run_one(program, args.examples, cwd, env, ["--device", "cpu"])
-        exact = run_one(program, args.examples, cwd, env, ["--device", "cpu", "--exact"])
+        if program.repo == "nanogpt":
+            _configurator(checkout, cwd)
+        plain = run_one(program, checkout, cwd, env, [])
+        default = run_one(program, checkout, cwd, env, ["--device", "cpu"])
+        exact = run_one(program, checkout, cwd, env, ["--device", "cpu", "--exact"])
         row, problems = check(program, plain, default, exact)
         rows.append(row)
         failures += [f"{program.name}: {p}" for p in problems]
@@ -367,8 +425,9 @@ def main() -> int:
         print(f"  - {line}")
     for line in skipped:
         print(f"  skipped {line}")
-    chosen = [p for p in PROGRAMS if not args.only or any(p.name.startswith(o) for o in args.only.split(","))]
-    found = lint(chosen, args.examples, env)
+    chosen = [p for p in PROGRAMS if p.repo in roots
+              and (not args.only or any(p.name.startswith(o) for o in args.only.split(",")))]
+    found = lint(chosen, roots, env)
     print(f"\noomdoctor lint of these scripts: {len(found)} finding(s)")
     for line in found:
         print(f"  {line}")
