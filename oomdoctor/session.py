@@ -257,7 +257,7 @@ class Session:
         self._pop("backward")
 
     def compiled(self) -> None:
-        self.meter.compiled()
+        self.meter.heap.compiled()
 
     def backward_end(self) -> None:
         self._pop("backward")

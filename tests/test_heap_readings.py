@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from conftest import run_cli
+from oomdoctor.core.heap import NOISE_BYTES, Heap
 
 SCRIPT = textwrap.dedent("""
     import random, sys, time, torch
@@ -60,3 +61,37 @@ def test_a_fragmented_heap_is_read_a_few_times_not_at_every_step(tmp_path: Path)
     assert watched and estimated
     assert all(abs(p - max(watched)) <= 0.10 * max(watched) for p in estimated), (watched, estimated)
     assert report["steps_total"] == STEPS
+
+
+def test_a_heap_that_moves_more_than_the_tensors_is_not_used():
+    # GIVEN a watched window where the heap beyond the tensors moves by more than the limit
+    heap = Heap()
+    heap.new_window()
+    heap.calibrate(1_000_000, judged=True, peak=100_000)
+    assert heap.offset == 1_000_000 and not heap.unreliable
+    heap.calibrate(1_000_000 + NOISE_BYTES + 1, judged=True, peak=100_000)
+    # THEN the heap is not used from now on, and how far it moved is kept for the report
+    assert heap.unreliable and heap.offset is None and heap.noise == NOISE_BYTES + 1
+    assert heap.total(known=5_000) is None
+
+
+def test_a_window_in_which_torch_compile_compiled_does_not_judge_the_heap():
+    # GIVEN a watched window in which torch.compile generated code (the heap moves, once)
+    heap = Heap()
+    heap.new_window()
+    heap.compiled()
+    heap.calibrate(1_000_000, judged=True, peak=100_000)
+    heap.calibrate(9_000_000, judged=True, peak=100_000)
+    # THEN the heap stays in use, calibrated on the latest reading
+    assert not heap.unreliable and heap.offset == 9_000_000 and heap.noise == 0
+    # AND the next window is judged again
+    heap.new_window()
+    heap.calibrate(9_000_000, judged=True, peak=100_000)
+    heap.calibrate(9_000_000 + 2 * NOISE_BYTES, judged=True, peak=100_000)
+    assert heap.unreliable
+
+
+def test_the_total_is_never_below_what_the_ledger_knows_is_alive():
+    heap = Heap()
+    heap.calibrate(10 << 30, judged=False, peak=0)  # an offset above the whole heap: noise
+    assert heap.total(known=4_108) == 4_108

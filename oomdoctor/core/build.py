@@ -113,7 +113,7 @@ def _run_notes(session: "Session", report_findings: list) -> list[str]:
                      "measures them.")
     if t.peak_estimated:
         low, high = session.meter.headrooms
-        noise = session.meter.heap_noise
+        noise = session.meter.heap.noise
         off = max(high - low if high >= low else 0, noise)
         spread = (f" Watched steps peaked {_mib(low)} to {_mib(high)} above their highest reading"
                   if high >= low else " On watched steps")
@@ -131,16 +131,16 @@ def _run_notes(session: "Session", report_findings: list) -> list[str]:
         notes.append("On steps the per-op view skipped, totals come from the C heap: they include the "
                      "host memory of the retained autograd graphs (about 1 KB per node), which "
                      "--exact, counting tensor storages only, leaves out.")
-    meter = session.meter
-    if meter.reads_skipped:
-        cost = meter.read_seconds / max(meter.reads, 1)
+    heap = session.meter.heap
+    if heap.skipped:
+        cost = heap.seconds / max(heap.reads, 1)
         cost_text = f"{cost * 1e3:.1f} ms" if cost >= 1e-3 else f"{cost * 1e6:.0f} µs"
         notes.append(f"Reading the C heap costs {cost_text} a time here (its free lists are long, or the "
-                     f"points to read come fast): it was read {meter.reads} times and skipped {meter.reads_skipped} times "
+                     f"points to read come fast): it was read {heap.reads} times and skipped {heap.skipped} times "
                      "to keep oomdoctor's cost near 1 % of the run; between readings, totals are the last "
                      "reading plus the change in parameters, gradients and optimizer state (--exact "
                      "measures every op).")
-    if session.meter.heap_unreliable:
+    if heap.unreliable:
         notes.append("The C heap moved by more than the tensors did while every op was watched (tiny "
                      "tensors beside numpy arrays or environment objects): steps the per-op view "
                      "skipped are read at their boundaries only, and their peaks are estimated from "

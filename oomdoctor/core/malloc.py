@@ -1,4 +1,6 @@
-"""Bytes in use by the C heap of this process, read in ~2 us: the cheap total on CPU.
+"""Bytes in use by the C heap of this process: the cheap total on CPU (under a microsecond on a
+tidy heap; `mallinfo2` walks the free lists, so a fragmented heap costs milliseconds, which is why
+core/heap.py rations the readings).
 
 PyTorch's CPU allocator takes its memory from `posix_memalign`, so glibc's `mallinfo2()` (in-use
 chunks plus mmapped blocks) rises and falls with every CPU tensor, whether or not oomdoctor saw

@@ -5,9 +5,9 @@
   read cheaply (parameters, gradients, optimizer state) are subtracted from the measured total.
 - CPU, sampled step (and `--exact`, `--capacity`): the tensor ledger's per-op view sees every
   storage: exact totals, peaks and categories.
-- CPU, other steps: the C heap's in-use bytes (core/malloc.py), read at a few points per step and
-  calibrated against the ledger while every step so far was watched (the difference is the rest
-  of the heap). The peak between two points is not seen: it is estimated as the highest point
+- CPU, other steps: the C heap's in-use bytes (core/heap.py, rationed readings), read at a few
+  points per step and calibrated against the ledger while every step so far was watched (the
+  difference is the rest of the heap). The peak between two points is not seen: it is estimated as the highest point
   plus the headroom the last sampled step had above its own highest point, and marked as an
   estimate. Once a step went unwatched, the ledger misses what was made then (a cache that
   grows): later sampled steps add what the heap holds beyond the ledger, as `other`.
@@ -15,7 +15,6 @@
 from __future__ import annotations
 
 import contextlib
-import time
 import weakref
 from typing import Callable, Iterator
 
@@ -24,20 +23,10 @@ import torch
 from ..probes import cuda
 from ..probes.ledger import Ledger
 from ..report.model import empty_categories
-from . import malloc
 from .clock import OpenStep
+from .heap import Heap
 
 _KNOWN = ("parameters", "gradients", "optimizer_state")
-# Reading the C heap (`mallinfo2`) walks glibc's free lists: well under a microsecond on a tidy
-# heap, 18 ms on one holding 100,000 freed chunks (a corpus of Python bytes, partly dropped), and
-# read at every step boundary that turned a 1.6 ms step into 140 ms. So the readings are
-# rationed: all of them together take at most READ_SHARE of the run's time (after a first
-# READ_ALLOWANCE_S); a point that comes when the share is spent is not read. Between readings
-# the total is the last reading plus what the known tensors (gradients, optimizer state)
-# changed since.
-READ_SHARE = 0.01
-READ_ALLOWANCE_S = 0.02
-HEAP_NOISE_BYTES = 256 << 10  # heap movement beyond the tensors' that still says something about them
 
 
 class MemoryMeter:
@@ -60,18 +49,7 @@ class MemoryMeter:
         self._state_sizes: dict[int, int] = {}  # optimizer id -> len(state) at the last walk
         self._grad_bytes = 0  # gradients not in the ledger (steps without the per-op view)
         self._activations = 0  # the last watched step's activations at its peak: the fallback estimate
-        # CPU heap calibration: heap bytes minus ledger bytes, and the last exact step's peak
-        # above its highest point.
-        self._heap_offset: int | None = None
-        self._offsets = (1 << 62, -(1 << 62))  # least and most heap beyond the ledger while calibrating
-        self._compiled = False  # torch.compile compiled in this window
-        self.heap_unreliable = False  # the heap moves more than the tensors: not used
-        self.heap_noise = 0  # how far the heap beyond the tensors moved within a watched step
-        self._started = time.perf_counter()
-        self.read_seconds = 0.0  # all heap readings together
-        self.reads = self.reads_skipped = 0
-        self._last_heap: int | None = None  # the last reading, and the known bytes then
-        self._last_known = 0
+        self.heap = Heap()  # CPU: the total on steps the per-op view skips
         self._complete = True  # every step so far was watched op by op: the ledger has it all
         self._unseen = 0  # bytes the heap holds beyond the ledger, once a step went unwatched
         # A watched step's peak above its highest point: an unwatched window's peak is estimated
@@ -94,8 +72,7 @@ class MemoryMeter:
             self._prepared = index
             self.ledger.step = index
             self.exact_window = self._fresh = self.choose_exact(index)
-            self._offsets = (1 << 62, -(1 << 62))  # the heap beyond the ledger, within this window
-            self._compiled = False
+            self.heap.new_window()
             if not self.exact_window:
                 self._complete = False
 
@@ -144,10 +121,10 @@ class MemoryMeter:
                 by_category = dict(by_category)
                 by_category["other"] += self._unseen
             step.raise_peak(peak + self._unseen, by_category)
-        elif self._heap_offset is not None and not self._active:
+        elif self.heap.offset is not None and not self._active:
             self.ledger.take_peak()  # nothing ran here (between two boundaries): no peak to guess
             step.raise_peak(self._points_max, self._point_at_max or self._estimate(self._points_max), estimated=True)
-        elif self._heap_offset is not None:
+        elif self.heap.offset is not None:
             self.ledger.take_peak()
             kind = "inside" if self._read_inside else "boundary"
             if kind == "boundary":
@@ -200,18 +177,18 @@ class MemoryMeter:
                 self._bounds_max = max(self._bounds_max, self.ledger.total)
                 self._last_bound = self.ledger.total
             total = self.ledger.total + self._grad_bytes
-            heap = self._timed_heap()
-            if heap is not None and (self._complete or self._heap_offset is None):
-                self._calibrate(heap - total)
-            elif heap is not None and self._heap_offset is not None:
-                self._unseen = max(0, heap - self._heap_offset - total)
+            heap = self.heap.read()
+            if heap is not None and (self._complete or self.heap.offset is None):
+                self.heap.calibrate(heap - total, judged=(self._prepared or 0) >= 2, peak=self.ledger.peak)
+            elif heap is not None and self.heap.offset is not None:
+                self._unseen = max(0, heap - self.heap.offset - total)
             return
-        reads = self.reads
-        self._raise_points(self._heap_total())
-        self._read_inside |= not boundary and self.reads > reads
+        reads = self.heap.reads
+        self._raise_points(self.heap.total(self.ledger.total + self._grad_bytes))
+        self._read_inside |= not boundary and self.heap.reads > reads
 
     def _raise_points(self, total: int | None) -> None:
-        if total is not None and total > self._points_max and self._heap_offset is not None:
+        if total is not None and total > self._points_max and self.heap.offset is not None:
             self._points_max = total
             self._point_at_max = self._estimate(total)
 
@@ -219,65 +196,21 @@ class MemoryMeter:
     def current_bytes(self) -> int:
         if self.on_cuda:
             return cuda.allocated(self.device.index)[0]
+        known = self.ledger.total + self._grad_bytes
         if not self._complete:
-            total = self._heap_total()
+            total = self.heap.total(known)
             if total is not None:
                 return total
-        return self.ledger.total + self._grad_bytes
+        return known
 
     def live_by_category(self, rest: str = "other") -> dict[str, int]:
         """Live bytes by category. On CUDA what the ledger does not know goes to `rest`
         (activations, when asked in the middle of a forward or backward pass)."""
         if self.on_cuda:
             return _with_other(dict(self.ledger.by_category), self.current_bytes(), "other" if self.exact_window else rest)
-        if not self.exact_window and self._heap_offset is not None:
+        if not self.exact_window and self.heap.offset is not None:
             return self._estimate(self.current_bytes())
         return dict(self.ledger.by_category)
-
-    def _heap_total(self) -> int | None:
-        """The live total from the heap: read now, or where the readings are rationed, the last
-        reading plus what the known tensors changed since; at least what the ledger holds."""
-        if self._heap_offset is None:
-            return None
-        known = self.ledger.total + self._grad_bytes
-        heap = self._timed_heap()
-        if heap is not None:
-            self._last_heap, self._last_known = heap, known
-        elif self._last_heap is not None:
-            heap = self._last_heap + known - self._last_known
-        # Never below what the ledger knows is alive: heap noise can make the difference small.
-        return None if heap is None else max(known, heap - self._heap_offset)
-
-    def _affordable(self) -> bool:
-        return self.read_seconds <= READ_SHARE * (time.perf_counter() - self._started) + READ_ALLOWANCE_S
-
-    def _timed_heap(self) -> int | None:
-        """A heap reading, or None when the readings have used up their share of the run."""
-        if not self._affordable():
-            self.reads_skipped += 1
-            return None
-        start = time.perf_counter()
-        heap = malloc.heap_bytes()
-        cost = time.perf_counter() - start
-        self.read_seconds += cost
-        self.reads += 1
-        return heap
-
-    def _calibrate(self, offset: int) -> None:
-        """While every step is watched: the heap beyond the ledger. When it moves within one step
-        by more than the tensors do (a program whose tensors are tiny beside numpy arrays, gym
-        objects...), the heap says nothing about tensors: stop using it. The first two steps do
-        not count: PyTorch initializes its own buffers lazily then; nor does a step in which
-        `torch.compile` compiled (its code generation moves the heap, once)."""
-        low, high = self._offsets = (min(self._offsets[0], offset), max(self._offsets[1], offset))
-        judged = (self._prepared or 0) >= 2 and not self._compiled
-        if judged:
-            self.heap_noise = max(self.heap_noise, high - low)
-        if judged and high - low > max(HEAP_NOISE_BYTES, self.ledger.peak // 2):
-            self.heap_unreliable = True
-            self._heap_offset = None
-        elif not self.heap_unreliable:
-            self._heap_offset = offset
 
     def _known(self) -> dict[str, int]:
         by_category = {k: self.ledger.by_category[k] for k in _KNOWN}
@@ -292,11 +225,6 @@ class MemoryMeter:
         by_category["other"] = min(self.ledger.by_category["other"], max(0, total - sum(by_category.values())))
         by_category["activations"] = max(0, total - sum(by_category.values()))
         return by_category
-
-    def compiled(self) -> None:
-        """`torch.compile` compiled something: this window's heap movement says nothing of the
-        program's own."""
-        self._compiled = True
 
     # -- tensors known by their role -----------------------------------------------------------
     def adopt_optimizer(self, optimizer: torch.optim.Optimizer) -> None:
