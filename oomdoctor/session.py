@@ -234,6 +234,7 @@ class Session:
 
     def optimizer_made(self, optimizer: torch.optim.Optimizer) -> None:
         self.meter.adopt_optimizer(optimizer)
+        self.clock.optimizer_exists()
 
     def optimizer_pre(self, optimizer: torch.optim.Optimizer) -> None:
         self._push("optimizer")

@@ -43,8 +43,8 @@ class FakeMeter:
 
 def replay(events: str, failed: bool = False) -> FakeMeter:
     """`events`: space-separated words: `b` (backward), `A`/`B`/`C` (that optimizer steps: pre
-    and post), `m` (explicit mark), `f` (a forward), then the session finishes (`failed`: the
-    run raised)."""
+    and post), `m` (explicit mark), `f` (a forward), `o` (an optimizer is made), then the session
+    finishes (`failed`: the run raised)."""
     meter = FakeMeter()
     clock = StepClock(meter, clock=itertools.count().__next__)
     clock.start()
@@ -55,6 +55,8 @@ def replay(events: str, failed: bool = False) -> FakeMeter:
             clock.mark()
         elif event == "f":
             clock.training_starts()
+        elif event == "o":
+            clock.optimizer_exists()
         else:
             clock.optimizer_pre(ord(event))
             clock.optimizer_post(ord(event))
@@ -108,8 +110,9 @@ def test_backwards_before_the_first_optimizer_step_are_its_micro_batches():
 
 
 def test_nanogpts_40_micro_batches_before_the_first_optimizer_step_are_step_0():
-    # nanoGPT's default: gradient_accumulation_steps = 5 * 8 (it once gave 34 steps here)
-    assert indices(replay("b " * 40 + "A " + "b " * 40 + "A")) == [0, 1]
+    # nanoGPT's default: gradient_accumulation_steps = 5 * 8 (it once gave 34 steps here); its
+    # optimizer is made before training (`o`)
+    assert indices(replay("o " + "b " * 40 + "A " + "b " * 40 + "A")) == [0, 1]
 
 
 def test_no_optimizer_ever_after_many_backwards_flushes_held_steps():

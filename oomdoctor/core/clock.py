@@ -24,9 +24,12 @@ from typing import Protocol
 from ..report.model import empty_categories
 
 # Backward-only steps held back before deciding the script updates parameters by hand: larger
-# than any common gradient-accumulation factor (nanoGPT's default is 40 micro-batches a step).
-# The cost of a large value: a script with hand-written updates closes its first steps late.
-PENDING_BACKWARDS = 128
+# than any common gradient-accumulation factor. Once an optimizer exists (made, not yet stepped),
+# its first step is coming: nanoGPT accumulates 40 micro-batches by default, others more. Held
+# steps reach the probes late (a retained graph is named once its step closes, while the frames
+# holding it are alive), so without an optimizer the wait stays short.
+PENDING_BACKWARDS = 32
+PENDING_WITH_OPTIMIZER = 1024
 
 
 class OpenStep:
@@ -91,6 +94,7 @@ class StepClock:
         self.last_stepped: frozenset[int] | None = None  # optimizers of the last closed step
         self.backward_since_optimizer = False
         self.trained = False  # a forward, backward or optimizer step happened: there are steps
+        self.optimizer_made = False  # an optimizer exists: backward-only steps are its micro-batches
 
     # -- events --------------------------------------------------------------------------------
     def start(self) -> None:
@@ -104,6 +108,9 @@ class StepClock:
         if step is not None and step.index == 0 and not self.explicit and not self.pending:
             step.start_bytes = self.meter.boundary()
             step.start_time = self.now()
+
+    def optimizer_exists(self) -> None:
+        self.optimizer_made = True
 
     def optimizer_pre(self, optimizer_id: int) -> None:
         self.trained = True
@@ -159,7 +166,8 @@ class StepClock:
         step.end_time = self.now()
         self.pending.append(step)
         self.open = None
-        if len(self.pending) > PENDING_BACKWARDS:  # no optimizer is coming: hand-written updates
+        if len(self.pending) > (PENDING_WITH_OPTIMIZER if self.optimizer_made else PENDING_BACKWARDS):
+            # no optimizer step is coming: hand-written updates
             self._flush_pending()
         self._open_step(step.end_time, start_bytes=step.end_bytes)
 
