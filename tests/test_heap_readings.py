@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from conftest import run_cli
+from oomdoctor.core import malloc
 from oomdoctor.core.heap import NOISE_BYTES, Heap
 
 SCRIPT = textwrap.dedent("""
@@ -67,9 +68,9 @@ def test_a_heap_that_moves_more_than_the_tensors_is_not_used():
     # GIVEN a watched window where the heap beyond the tensors moves by more than the limit
     heap = Heap()
     heap.new_window()
-    heap.calibrate(1_000_000, judged=True, peak=100_000)
+    heap.calibrate(1_000_000, judged=True, peak=100_000, step=2)
     assert heap.offset == 1_000_000 and not heap.unreliable
-    heap.calibrate(1_000_000 + NOISE_BYTES + 1, judged=True, peak=100_000)
+    heap.calibrate(1_000_000 + NOISE_BYTES + 1, judged=True, peak=100_000, step=2)
     # THEN the heap is not used from now on, and how far it moved is kept for the report
     assert heap.unreliable and heap.offset is None and heap.noise == NOISE_BYTES + 1
     assert heap.total(known=5_000) is None
@@ -80,18 +81,54 @@ def test_a_window_in_which_torch_compile_compiled_does_not_judge_the_heap():
     heap = Heap()
     heap.new_window()
     heap.compiled()
-    heap.calibrate(1_000_000, judged=True, peak=100_000)
-    heap.calibrate(9_000_000, judged=True, peak=100_000)
+    heap.calibrate(1_000_000, judged=True, peak=100_000, step=2)
+    heap.calibrate(9_000_000, judged=True, peak=100_000, step=2)
     # THEN the heap stays in use, calibrated on the latest reading
     assert not heap.unreliable and heap.offset == 9_000_000 and heap.noise == 0
     # AND the next window is judged again
     heap.new_window()
-    heap.calibrate(9_000_000, judged=True, peak=100_000)
-    heap.calibrate(9_000_000 + 2 * NOISE_BYTES, judged=True, peak=100_000)
+    heap.calibrate(9_000_000, judged=True, peak=100_000, step=2)
+    heap.calibrate(9_000_000 + 2 * NOISE_BYTES, judged=True, peak=100_000, step=2)
     assert heap.unreliable
 
 
 def test_the_total_is_never_below_what_the_ledger_knows_is_alive():
     heap = Heap()
-    heap.calibrate(10 << 30, judged=False, peak=0)  # an offset above the whole heap: noise
+    heap.calibrate(10 << 30, judged=False, peak=0, step=0)  # an offset above the whole heap: noise
     assert heap.total(known=4_108) == 4_108
+
+
+@pytest.mark.skipif(not malloc.available(), reason="no glibc mallinfo2: the default mode does not read the heap")
+def test_host_memory_growing_beside_the_tensors_is_said(tmp_path: Path):
+    # GIVEN a training loop that also keeps 256 KiB of Python bytes a step (a log of raw samples)
+    (tmp_path / "train.py").write_text(textwrap.dedent("""
+        import torch
+        model = torch.nn.Linear(64, 64)
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        kept = []
+        for step in range(12):
+            model(torch.randn(32, 64)).sum().backward()
+            opt.step()
+            opt.zero_grad()
+            kept.extend(bytes(4096) for _ in range(64))
+    """))
+    # WHEN it runs in the default mode, whose totals between watched steps come from the C heap
+    result = run_cli("run", "--quiet", "--json", "r.json", "train.py", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    report = json.loads((tmp_path / "r.json").read_text())
+    # THEN the report says the heap grew beside the tensors, by about what the loop kept
+    note = next((n for n in report["notes"] if n.startswith("While every op was watched, the C heap")), None)
+    assert note is not None, report["notes"]
+    grew = float(re.search(r"grew by about ([\d.]+) KiB a step", note).group(1))
+    assert 200 <= grew <= 320, note
+    # AND no memory-growth finding blames tensors for it
+    assert not [f for f in report["findings"] if f["kind"] == "memory-growth"]
+
+
+def test_the_drift_is_measured_between_watched_steps():
+    heap = Heap()
+    for step, low in ((2, 1_000_000), (3, 1_300_000), (4, 1_600_000)):
+        heap.new_window()
+        heap.calibrate(low + 50_000, judged=True, peak=10_000_000, step=step)
+        heap.calibrate(low, judged=True, peak=10_000_000, step=step)
+    assert heap.drift == 300_000

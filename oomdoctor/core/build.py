@@ -132,6 +132,12 @@ def _run_notes(session: "Session", report_findings: list) -> list[str]:
                      "host memory of the retained autograd graphs (about 1 KB per node), which "
                      "--exact, counting tensor storages only, leaves out.")
     heap = session.meter.heap
+    if heap.drift >= max(64 << 10, t.peak_bytes // 100) and _heap_totals(session):
+        notes.append(f"While every op was watched, the C heap beyond the tensors grew by about {_mib(heap.drift)} "
+                     "a step (host memory that is no tensor storage: Python objects, data loading, a "
+                     "library's own buffers). The default totals of later steps come from the heap and "
+                     "count that growth too, so they may run high by that much a step; --exact counts "
+                     "tensor storages only.")
     if heap.skipped:
         cost = heap.seconds / max(heap.reads, 1)
         cost_text = f"{cost * 1e3:.1f} ms" if cost >= 1e-3 else f"{cost * 1e6:.0f} µs"

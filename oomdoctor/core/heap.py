@@ -35,6 +35,8 @@ class Heap:
         self._compiled = False  # torch.compile compiled in this window
         self._last: int | None = None  # the last reading, and the known bytes then
         self._last_known = 0
+        self._first: tuple[int, int] | None = None  # (step, offset) of the first judged reading
+        self.drift = 0  # bytes a step the heap beyond the tensors grew by while every op was watched
 
     def read(self) -> int | None:
         """A reading, or None when the readings have used up their share of the run (or glibc's
@@ -70,7 +72,7 @@ class Heap:
         """`torch.compile` compiled something: this window's movement says nothing of the program's."""
         self._compiled = True
 
-    def calibrate(self, offset: int, judged: bool, peak: int) -> None:
+    def calibrate(self, offset: int, judged: bool, peak: int, step: int) -> None:
         """The heap beyond the ledger at a point of a watched window. When it moves within the
         window by more than the tensors do, the heap says nothing about them: stop using it.
         Windows not `judged` (the first two steps, where PyTorch initializes its own buffers
@@ -80,6 +82,13 @@ class Heap:
         judged = judged and not self._compiled
         if judged:
             self.noise = max(self.noise, high - low)
+            # Growth from step to step (host memory that is no tensor storage): the default mode's
+            # totals will count it as tensors.
+            # The window's lowest offset, where its own temporaries weigh least.
+            if self._first is None or self._first[0] == step:
+                self._first = (step, low)
+            else:
+                self.drift = max(0, (low - self._first[1]) // (step - self._first[0]))
         if judged and high - low > max(NOISE_BYTES, peak // 2):
             self.unreliable = True
             self.offset = None

@@ -179,7 +179,8 @@ class MemoryMeter:
             total = self.ledger.total + self._grad_bytes
             heap = self.heap.read()
             if heap is not None and (self._complete or self.heap.offset is None):
-                self.heap.calibrate(heap - total, judged=(self._prepared or 0) >= 2, peak=self.ledger.peak)
+                self.heap.calibrate(heap - total, judged=(self._prepared or 0) >= 2, peak=self.ledger.peak,
+                                    step=self._prepared or 0)
             elif heap is not None and self.heap.offset is not None:
                 self._unseen = max(0, heap - self.heap.offset - total)
             return
