@@ -26,8 +26,8 @@ SCRIPT = textwrap.dedent("""
     start = time.perf_counter()
     for _ in range(5):
         malloc.heap_bytes()
-    if (time.perf_counter() - start) / 5 < 1e-3:
-        print("tidy heap")  # another C library or allocator: nothing to ration here
+    if (time.perf_counter() - start) / 5 < 5e-3:
+        print("tidy heap")  # another C library or allocator: too cheap to need rationing here
         sys.exit(0)
     model = torch.nn.Sequential(torch.nn.Linear(256, 512), torch.nn.ReLU(), torch.nn.Linear(512, 10))
     opt = torch.optim.SGD(model.parameters(), lr=0.01)
