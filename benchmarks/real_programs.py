@@ -416,6 +416,8 @@ def main() -> int:
         print(f"  {program.name}: {row}", flush=True)  # as it goes: a slow machine may not see the end
         for problem in problems:
             print(f"    - {problem}", flush=True)
+        for note in (default.report or {}).get("notes", []):  # what the default report tells its reader
+            print(f"    note: {note[:150]}{'…' if len(note) > 150 else ''}", flush=True)
     print("\nexit plain/default/exact; steps reported/done; params at the peak/real (B); "
           "peak default/exact; whole-process time vs plain")
     if rows:
