@@ -85,14 +85,14 @@ def test_a_large_evaluation_after_the_last_step_is_the_peak_and_says_where():
         reports[exact] = session.report()
     default, exact_report = reports[False], reports[True]
     # THEN both place the peak after the last step; the default mode sees what the evaluation kept
-    # (the 8 MiB its graph holds) and says its figure is a lower bound, as the forward's own
+    # (the 8 MiB its graph holds) and says its figure is an estimate, as the forward's own
     # temporaries are gone before it returns
     for report in (default, exact_report):
         assert report.peak_step is None and "after the last step" in report.aggregates["peak_where"]
     assert 8 * 2**20 < default.peak_bytes <= exact_report.peak_bytes * 1.10
     if default.peak_bytes < 0.9 * exact_report.peak_bytes:
         assert default.aggregates["peak_estimated"]
-        assert any("It is a lower bound" in note for note in default.notes)
+        assert any("It is an estimate" in note for note in default.notes)
     # and it warns that forwards after the last step ran unwatched, whatever the peak turned out to be
     assert any(note.startswith("1 forward pass(es) ran after the last step") for note in default.notes)
     assert not any("ran after the last step" in note for note in exact_report.notes)

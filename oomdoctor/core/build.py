@@ -101,8 +101,9 @@ def _run_notes(session: "Session", report_findings: list) -> list[str]:
     t = session.timeline
     notes = []
     if t.peak_where and t.peak_step is None:
-        bound = (" It is a lower bound: outside the watched steps memory is read where forward and backward "
-                 "passes end, and a forward frees its temporaries before it returns; --exact sees them."
+        bound = (" It is an estimate: outside the watched steps memory is read where forward and backward "
+                 "passes end, plus the last watched step's headroom; a forward frees its own temporaries "
+                 "before it returns, so the real peak may differ either way; --exact sees them."
                  if t.peak_estimated else "")
         notes.append(f"The peak ({'~' if t.peak_estimated else ''}{_mib(t.peak_bytes)}) happened {t.peak_where}, "
                      f"not inside a step.{bound}")
