@@ -47,7 +47,9 @@ class StepLog:
     def outside(self, step: OpenStep) -> None:
         """A peak outside any step: before the first, between marked steps, after the last."""
         t = self.session.timeline
-        if t.steps_total == 0:
+        if t.steps_total == 0 and self.session.stopping:
+            where = "in a run without steps (no optimizer step or backward pass: inference, say)"
+        elif t.steps_total == 0:
             where = "before the first step"
         elif self.session.stopping:
             where = f"after the last step (step {t.steps()[-1].index}): evaluation or saving, say"
