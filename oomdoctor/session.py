@@ -223,7 +223,7 @@ class Session:
 
     def forward_end(self, module: torch.nn.Module, output: Any) -> None:
         self._pop("forward")
-        self.meter.point()
+        self.meter.point(forward=True)
         for probe in self.probes:
             self._probe(probe.forward_end, module, output)
 

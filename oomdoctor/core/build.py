@@ -133,7 +133,10 @@ def _run_notes(session: "Session", report_findings: list) -> list[str]:
                      "host memory of the retained autograd graphs (about 1 KB per node), which "
                      "--exact, counting tensor storages only, leaves out.")
     heap = session.meter.heap
-    if heap.drift >= max(64 << 10, t.peak_bytes // 100) and _heap_totals(session):
+    # Growth between watched steps beyond what the heap moved within one (an episode's data of
+    # varying size is not growth), where the totals do come from the heap.
+    if (heap.drift >= max(64 << 10, t.peak_bytes // 100, heap.noise) and not heap.unreliable
+            and _heap_totals(session)):
         notes.append(f"While every op was watched, the C heap beyond the tensors grew by about {_mib(heap.drift)} "
                      "a step (host memory that is no tensor storage: Python objects, data loading, a "
                      "library's own buffers). The default totals of later steps come from the heap and "

@@ -49,6 +49,8 @@ class MemoryMeter:
         self._state_sizes: dict[int, int] = {}  # optimizer id -> len(state) at the last walk
         self._grad_bytes = 0  # gradients not in the ledger (steps without the per-op view)
         self._activations = 0  # the last watched step's activations at its peak: the fallback estimate
+        self._per_forward = 0  # ... and per top-level forward (episodes of varying length)
+        self._forwards = 0  # top-level forwards ended in this window
         self.heap = Heap()  # CPU: the total on steps the per-op view skips
         self._complete = True  # every step so far was watched op by op: the ledger has it all
         self._unseen = 0  # bytes the heap holds beyond the ledger, once a step went unwatched
@@ -110,6 +112,8 @@ class MemoryMeter:
             peak, by_category = self.ledger.take_peak()
             activations = by_category.get("activations", 0)
             self._activations = activations if self._fresh else max(activations, self._activations)
+            per_forward = activations // self._forwards if self._forwards else 0
+            self._per_forward = per_forward if self._fresh else max(per_forward, self._per_forward)
             for kind, base in (("inside", self._points_max), ("boundary", max(self._bounds_max, self._last_bound))):
                 if base:
                     headroom = max(0, peak - base)
@@ -137,14 +141,17 @@ class MemoryMeter:
             step.raise_peak(peak, by_category, estimated=True)
         else:
             # No cheap total here: what is live, the gradients read at the boundary and the
-            # activations of the last exact step.
+            # activations of the last exact step, scaled by this window's forwards where it had
+            # some (a reinforcement-learning episode of 500 forwards keeps 500 forwards' worth).
             peak, by_category = self.ledger.take_peak()
+            activations = self._per_forward * self._forwards if self._forwards and self._per_forward else self._activations
             by_category = dict(by_category)
             by_category["gradients"] += self._grad_bytes
-            by_category["activations"] += self._activations
-            step.raise_peak(peak + self._grad_bytes + self._activations, by_category, estimated=True)
+            by_category["activations"] += activations
+            step.raise_peak(peak + self._grad_bytes + activations, by_category, estimated=True)
         self._points_max = self._bounds_max = 0
         self._read_inside = self._active = False
+        self._forwards = 0
         self._point_at_max = {}
 
     def _record(self, kind: str, headroom: int) -> int:
@@ -164,13 +171,14 @@ class MemoryMeter:
         self._close(step)
 
     # -- cheap points (forward and backward ends, optimizer steps) -----------------------------
-    def point(self, boundary: bool = False) -> None:
-        """Read the total at a point of interest; on CPU steps without the per-op view this is
-        the only view of what happens inside the step (the readings are rationed, see
-        READ_SHARE)."""
+    def point(self, boundary: bool = False, forward: bool = False) -> None:
+        """Read the total at a point of interest (`forward`: a top-level forward ended); on CPU
+        steps without the per-op view this is the only view of what happens inside the step
+        (the readings are rationed: core/heap.py)."""
         if self.on_cuda:
             return
         self._active |= not boundary
+        self._forwards += forward
         if self.exact_window:
             self._points_max = max(self._points_max, self.ledger.total)
             if boundary:
