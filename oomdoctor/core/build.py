@@ -145,11 +145,11 @@ def _run_notes(session: "Session", report_findings: list) -> list[str]:
     if heap.skipped:
         cost = heap.seconds / max(heap.reads, 1)
         cost_text = f"{cost * 1e3:.1f} ms" if cost >= 1e-3 else f"{cost * 1e6:.0f} µs"
-        notes.append(f"Reading the C heap costs {cost_text} a time here (its free lists are long, or the "
-                     f"points to read come fast): it was read {heap.reads} times and skipped {heap.skipped} times "
-                     "to keep oomdoctor's cost near 1 % of the run; between readings, totals are the last "
-                     "reading plus the change in parameters, gradients and optimizer state (--exact "
-                     "measures every op).")
+        notes.append(f"The C heap was read {heap.reads:,} times and {heap.skipped:,} readings were skipped, to "
+                     f"keep oomdoctor's cost near 1 % of the run: one reading took {cost_text} here (a "
+                     "fragmented heap, or many forward passes a step). Between readings a total is the last "
+                     "reading plus the change in parameters, gradients and optimizer state; --exact "
+                     "measures every op.")
     if heap.unreliable:
         notes.append("The C heap moved by more than the tensors did while every op was watched (tiny "
                      "tensors beside numpy arrays or environment objects): steps the per-op view "
