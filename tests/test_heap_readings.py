@@ -74,9 +74,9 @@ def test_a_heap_that_moves_more_than_the_tensors_is_not_used():
     # GIVEN a watched window where the heap beyond the tensors moves by more than the limit
     heap = Heap()
     heap.new_window()
-    heap.calibrate(1_000_000, judged=True, peak=100_000, step=2)
+    heap.calibrate(1_000_000, step=2, peak=100_000)
     assert heap.offset == 1_000_000 and not heap.unreliable
-    heap.calibrate(1_000_000 + NOISE_BYTES + 1, judged=True, peak=100_000, step=2)
+    heap.calibrate(1_000_000 + NOISE_BYTES + 1, step=2, peak=100_000)
     # THEN the heap is not used from now on, and how far it moved is kept for the report
     assert heap.unreliable and heap.offset is None and heap.noise == NOISE_BYTES + 1
     assert heap.total(known=5_000) is None
@@ -87,20 +87,20 @@ def test_a_window_in_which_torch_compile_compiled_does_not_judge_the_heap():
     heap = Heap()
     heap.new_window()
     heap.compiled()
-    heap.calibrate(1_000_000, judged=True, peak=100_000, step=2)
-    heap.calibrate(9_000_000, judged=True, peak=100_000, step=2)
+    heap.calibrate(1_000_000, step=2, peak=100_000)
+    heap.calibrate(9_000_000, step=2, peak=100_000)
     # THEN the heap stays in use, calibrated on the latest reading
     assert not heap.unreliable and heap.offset == 9_000_000 and heap.noise == 0
     # AND the next window is judged again
     heap.new_window()
-    heap.calibrate(9_000_000, judged=True, peak=100_000, step=2)
-    heap.calibrate(9_000_000 + 2 * NOISE_BYTES, judged=True, peak=100_000, step=2)
+    heap.calibrate(9_000_000, step=2, peak=100_000)
+    heap.calibrate(9_000_000 + 2 * NOISE_BYTES, step=2, peak=100_000)
     assert heap.unreliable
 
 
 def test_the_total_is_never_below_what_the_ledger_knows_is_alive():
     heap = Heap()
-    heap.calibrate(10 << 30, judged=False, peak=0, step=0)  # an offset above the whole heap: noise
+    heap.calibrate(10 << 30, step=0, peak=0)  # an offset above the whole heap: noise
     assert heap.total(known=4_108) == 4_108
 
 
@@ -135,8 +135,8 @@ def test_the_drift_is_measured_between_watched_steps():
     heap = Heap()
     for step, low in ((2, 1_000_000), (3, 1_300_000), (4, 1_600_000)):
         heap.new_window()
-        heap.calibrate(low + 50_000, judged=True, peak=10_000_000, step=step)
-        heap.calibrate(low, judged=True, peak=10_000_000, step=step)
+        heap.calibrate(low + 50_000, step=step, peak=10_000_000)
+        heap.calibrate(low, step=step, peak=10_000_000)
     assert heap.drift == 300_000
 
 

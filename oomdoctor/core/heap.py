@@ -21,6 +21,7 @@ from . import malloc
 READ_SHARE = 0.01
 READ_ALLOWANCE_S = 0.02
 NOISE_BYTES = 256 << 10  # heap movement beyond the tensors' that still says something about them
+JUDGED_FROM_STEP = 2
 
 
 class Heap:
@@ -72,14 +73,14 @@ class Heap:
         """`torch.compile` compiled something: this window's movement says nothing of the program's."""
         self._compiled = True
 
-    def calibrate(self, offset: int, judged: bool, peak: int, step: int) -> None:
-        """The heap beyond the ledger at a point of a watched window. When it moves within the
-        window by more than the tensors do, the heap says nothing about them: stop using it.
-        Windows not `judged` (the first two steps, where PyTorch initializes its own buffers
-        lazily) and windows in which `torch.compile` compiled (its code generation moves the
-        heap, once) only update the offset."""
+    def calibrate(self, offset: int, step: int, peak: int) -> None:
+        """The heap beyond the ledger at a point of a watched window of `step`. When it moves
+        within the window by more than the tensors do (`peak`: the ledger's), the heap says
+        nothing about them: stop using it. The first two steps, where PyTorch initializes its own
+        buffers lazily, and windows in which `torch.compile` compiled (its code generation moves
+        the heap, once) only update the offset."""
         low, high = self._window = (min(self._window[0], offset), max(self._window[1], offset))
-        judged = judged and not self._compiled
+        judged = step >= JUDGED_FROM_STEP and not self._compiled
         if judged:
             self.noise = max(self.noise, high - low)
             # Growth from step to step (host memory that is no tensor storage): the default mode's

@@ -7,7 +7,8 @@
   storage: exact totals, peaks and categories.
 - CPU, other steps: the C heap's in-use bytes (core/heap.py, rationed readings), read at a few
   points per step and calibrated against the ledger while every step so far was watched (the
-  difference is the rest of the heap). The peak between two points is not seen: it is estimated as the highest point
+  difference is the rest of the heap). The peak between two points is not seen: it is
+  estimated as the highest point
   plus the headroom the last sampled step had above its own highest point, and marked as an
   estimate. Once a step went unwatched, the ledger misses what was made then (a cache that
   grows): later sampled steps add what the heap holds beyond the ledger, as `other`.
@@ -111,15 +112,12 @@ class MemoryMeter:
         elif self.exact_window:
             peak, by_category = self.ledger.take_peak()
             activations = by_category.get("activations", 0)
-            self._activations = activations if self._fresh else max(activations, self._activations)
-            per_forward = activations // self._forwards if self._forwards else 0
-            self._per_forward = per_forward if self._fresh else max(per_forward, self._per_forward)
+            self._activations = self._over_step(activations, self._activations)
+            self._per_forward = self._over_step(activations // self._forwards if self._forwards else 0,
+                                                self._per_forward)
             for kind, base in (("inside", self._points_max), ("boundary", max(self._bounds_max, self._last_bound))):
                 if base:
-                    headroom = max(0, peak - base)
-                    if not self._fresh:
-                        headroom = max(headroom, self._headroom[kind])
-                    self._headroom[kind] = self._record(kind, headroom)
+                    self._headroom[kind] = self._record(kind, self._over_step(max(0, peak - base), self._headroom[kind]))
             self._fresh = False
             if self._unseen:
                 by_category = dict(by_category)
@@ -154,6 +152,11 @@ class MemoryMeter:
         self._forwards = 0
         self._point_at_max = {}
 
+    def _over_step(self, value: int, so_far: int) -> int:
+        """The most over the windows of one watched step: its first window replaces what the
+        last watched step left."""
+        return value if self._fresh else max(value, so_far)
+
     def _record(self, kind: str, headroom: int) -> int:
         low, high = self._headrooms[kind]
         self._headrooms[kind] = (min(low, headroom), max(high, headroom))
@@ -187,8 +190,7 @@ class MemoryMeter:
             total = self.ledger.total + self._grad_bytes
             heap = self.heap.read()
             if heap is not None and (self._complete or self.heap.offset is None):
-                self.heap.calibrate(heap - total, judged=(self._prepared or 0) >= 2, peak=self.ledger.peak,
-                                    step=self._prepared or 0)
+                self.heap.calibrate(heap - total, step=self._prepared or 0, peak=self.ledger.peak)
             elif heap is not None and self.heap.offset is not None:
                 self._unseen = max(0, heap - self.heap.offset - total)
             return
