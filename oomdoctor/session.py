@@ -223,7 +223,7 @@ class Session:
 
     def forward_end(self, module: torch.nn.Module, output: Any) -> None:
         self._pop("forward")
-        self.meter.point(forward=True)
+        self.meter.point(forward=torch.is_grad_enabled())  # only a graph keeps its activations
         for probe in self.probes:
             self._probe(probe.forward_end, module, output)
 
@@ -263,7 +263,7 @@ class Session:
     def backward_end(self) -> None:
         self._pop("backward")
         self.step_log.forwards = 0
-        self.meter.point()
+        self.meter.point(backward=True)
         self.clock.backward_end()
 
     # -- steps ---------------------------------------------------------------------------------

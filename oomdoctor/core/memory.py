@@ -50,8 +50,11 @@ class MemoryMeter:
         self._state_sizes: dict[int, int] = {}  # optimizer id -> len(state) at the last walk
         self._grad_bytes = 0  # gradients not in the ledger (steps without the per-op view)
         self._activations = 0  # the last watched step's activations at its peak: the fallback estimate
-        self._per_forward = 0  # ... and per top-level forward (episodes of varying length)
-        self._forwards = 0  # top-level forwards ended in this window
+        self._per_forward = 0  # ... and per forward whose graph is kept (episodes of varying length)
+        # Forwards with grad since the last backward (their graphs are all alive: an episode),
+        # and the most of them at once in this window. Micro-batches each end in a backward.
+        self._segment = 0
+        self._forwards = 0
         self.heap = Heap()  # CPU: the total on steps the per-op view skips
         self._complete = True  # every step so far was watched op by op: the ledger has it all
         self._unseen = 0  # bytes the heap holds beyond the ledger, once a step went unwatched
@@ -139,8 +142,9 @@ class MemoryMeter:
             step.raise_peak(peak, by_category, estimated=True)
         else:
             # No cheap total here: what is live, the gradients read at the boundary and the
-            # activations of the last exact step, scaled by this window's forwards where it had
-            # some (a reinforcement-learning episode of 500 forwards keeps 500 forwards' worth).
+            # activations of the last exact step, scaled by the forwards whose graphs were alive
+            # at once (a reinforcement-learning episode of 500 forwards keeps 500 forwards' worth;
+            # 4 micro-batches, each followed by its backward, keep one's).
             peak, by_category = self.ledger.take_peak()
             activations = self._per_forward * self._forwards if self._forwards and self._per_forward else self._activations
             by_category = dict(by_category)
@@ -174,14 +178,15 @@ class MemoryMeter:
         self._close(step)
 
     # -- cheap points (forward and backward ends, optimizer steps) -----------------------------
-    def point(self, boundary: bool = False, forward: bool = False) -> None:
-        """Read the total at a point of interest (`forward`: a top-level forward ended); on CPU
-        steps without the per-op view this is the only view of what happens inside the step
-        (the readings are rationed: core/heap.py)."""
+    def point(self, boundary: bool = False, forward: bool = False, backward: bool = False) -> None:
+        """Read the total at a point of interest (`forward`: a top-level forward with grad
+        ended; `backward`: a backward pass ended); on CPU steps without the per-op view this is
+        the only view of what happens inside the step (the readings are rationed: core/heap.py)."""
         if self.on_cuda:
             return
         self._active |= not boundary
-        self._forwards += forward
+        self._segment = 0 if backward else self._segment + forward
+        self._forwards = max(self._forwards, self._segment)
         if self.exact_window:
             self._points_max = max(self._points_max, self.ledger.total)
             if boundary:
