@@ -245,6 +245,7 @@ class Session:
     def optimizer_post(self, optimizer: torch.optim.Optimizer) -> None:
         self._pop("optimizer")
         self.step_log.forwards = 0
+        self.meter.optimizer_ran()
         self.clock.optimizer_post(id(optimizer))
 
     def backward_start(self, tensors: tuple) -> None:

@@ -2,6 +2,7 @@
 one bar group per step, and opens in a real browser without a single console message."""
 from __future__ import annotations
 
+import io
 import re
 import shutil
 import struct
@@ -14,6 +15,7 @@ from torch import nn
 
 import oomdoctor
 from oomdoctor.errors import BadInput
+from oomdoctor.report.console import print_report
 from oomdoctor.report.html import render_html, write_html
 from oomdoctor.report.model import CATEGORIES, Device, ExitInfo, Finding, Location, Remedy, Report, Step
 from oomdoctor.report.svg import COLORS, STACK
@@ -321,3 +323,22 @@ def test_estimated_peaks_are_pale_and_explained_in_the_legend():
     assert html.count('class="step estimated"') + html.count('class="step peak estimated"') == 3
     assert "pale: estimated peak" in html and html.count("peak ≈ ") == 3
     assert "estimated peak" not in render_html(_report())
+
+
+def test_an_estimated_headline_peak_and_its_breakdown_are_marked_as_estimates():
+    # GIVEN a run whose highest step was not watched op by op (its peak is an estimate)
+    steps = _steps(range(5))
+    steps[-1].exact = False
+    # THEN the headline peak and the breakdown at the peak carry `~`, in HTML and in the terminal
+    html = render_html(_report(steps))
+    assert re.search(r'<h2>Peak</h2><div class="big">~[\d.]+ MiB</div>', html)
+    assert re.search(r"At the peak <span class=\"dim\">~[\d.]+ MiB by category, estimated", html)
+    console = io.StringIO()
+    print_report(_report(steps), file=console)
+    assert "At the peak (~ estimated)" in console.getvalue()
+    # AND a measured peak carries none
+    steps[-1].exact = True
+    assert '<div class="big">~' not in render_html(_report(steps))
+    console = io.StringIO()
+    print_report(_report(steps), file=console)
+    assert "estimated" not in console.getvalue()

@@ -113,7 +113,7 @@ def _run_notes(session: "Session", report_findings: list) -> list[str]:
                      "temporaries are not in the peak, which may have been higher there; --exact "
                      "measures them.")
     if t.peak_estimated:
-        low, high = session.meter.headrooms
+        low, high = session.meter.headroom.spread
         noise = session.meter.heap.noise
         off = max(high - low if high >= low else 0, noise)
         spread = (f" Watched steps peaked {_mib(low)} to {_mib(high)} above their highest reading"

@@ -9,8 +9,8 @@
   points per step and calibrated against the ledger while every step so far was watched (the
   difference is the rest of the heap). The peak between two points is not seen: it is
   estimated as the highest point
-  plus the headroom the last sampled step had above its own highest point, and marked as an
-  estimate. Once a step went unwatched, the ledger misses what was made then (a cache that
+  plus the headroom the last sampled step's window of the same role (passes, optimizer step)
+  had above its own highest point (core/headroom.py), and marked as an estimate. Once a step went unwatched, the ledger misses what was made then (a cache that
   grows): later sampled steps add what the heap holds beyond the ledger, as `other`.
 """
 from __future__ import annotations
@@ -25,6 +25,7 @@ from ..probes import cuda
 from ..probes.ledger import Ledger
 from ..report.model import empty_categories
 from .clock import OpenStep
+from .headroom import Headroom
 from .heap import Heap
 
 _KNOWN = ("parameters", "gradients", "optimizer_state")
@@ -58,16 +59,15 @@ class MemoryMeter:
         self.heap = Heap()  # CPU: the total on steps the per-op view skips
         self._complete = True  # every step so far was watched op by op: the ledger has it all
         self._unseen = 0  # bytes the heap holds beyond the ledger, once a step went unwatched
-        # A watched step's peak above its highest point: an unwatched window's peak is estimated
-        # from its own highest reading plus that headroom, the most over the windows of the last
-        # watched step (its forward and backward run in one window, its optimizer step in
-        # another). Two kinds: above every point ("inside"), or above the last step boundary
-        # ("boundary"), for windows with no reading inside them (the heap readings are rationed).
-        self._headroom = {"inside": 0, "boundary": 0}
-        self._headrooms = {"inside": (1 << 62, 0), "boundary": (1 << 62, 0)}  # the least and most seen
-        self._used = "inside"  # the kind of headroom the estimates used (the rougher one, once used)
+        # A watched window's peak above its highest point: an unwatched window's peak is
+        # estimated from its own highest reading plus the headroom of its role.
+        self.headroom = Headroom()
+        self._role = "pass"  # "optimizer" once an optimizer step ended in this window
         self._fresh = False  # a watched step begins: its first window replaces what the last one left
         self._points_max = self._bounds_max = self._last_bound = 0
+        # Categories at the highest point and at the boundary that is a watched window's base.
+        self._at_points_max: dict[str, int] = {}
+        self._at_bound: dict[str, int] = {}
         self._read_inside = False  # a heap reading inside this window, not only at its boundaries
         self._active = False  # a forward, backward or optimizer step ended in this window
         self._point_at_max: dict[str, int] = {}
@@ -78,6 +78,8 @@ class MemoryMeter:
             self._prepared = index
             self.ledger.step = index
             self.exact_window = self._fresh = self.choose_exact(index)
+            if self._fresh:
+                self.headroom.new_step()
             self.heap.new_window()
             if not self.exact_window:
                 self._complete = False
@@ -118,9 +120,10 @@ class MemoryMeter:
             self._activations = self._over_step(activations, self._activations)
             self._per_forward = self._over_step(activations // self._forwards if self._forwards else 0,
                                                 self._per_forward)
-            for kind, base in (("inside", self._points_max), ("boundary", max(self._bounds_max, self._last_bound))):
+            for kind, base, at_base in (("inside", self._points_max, self._at_points_max),
+                                        ("boundary", max(self._bounds_max, self._last_bound), self._at_bound)):
                 if base:
-                    self._headroom[kind] = self._record(kind, self._over_step(max(0, peak - base), self._headroom[kind]))
+                    self.headroom.record(kind, self._role, peak, base, by_category, at_base)
             self._fresh = False
             if self._unseen:
                 by_category = dict(by_category)
@@ -132,14 +135,12 @@ class MemoryMeter:
         elif self.heap.offset is not None:
             self.ledger.take_peak()
             kind = "inside" if self._read_inside else "boundary"
-            if kind == "boundary":
-                self._used = kind
-            headroom = self._headroom[kind]
-            peak = (self._points_max if kind == "inside" else max(self._points_max, self._last_bound)) + headroom
-            by_category = dict(self._point_at_max or self._estimate(peak))
-            if headroom:
-                by_category["activations"] = by_category.get("activations", 0) + headroom
-            step.raise_peak(peak, by_category, estimated=True)
+            base = self._points_max if kind == "inside" else max(self._points_max, self._last_bound)
+            above = self.headroom.estimate(kind, self._role)
+            by_category = dict(self._point_at_max or self._estimate(base))
+            for category, value in above.items():
+                by_category[category] = by_category.get(category, 0) + value
+            step.raise_peak(base + sum(above.values()), by_category, estimated=True)
         else:
             # No cheap total here: what is live, the gradients read at the boundary and the
             # activations of the last exact step, scaled by the forwards whose graphs were alive
@@ -152,7 +153,9 @@ class MemoryMeter:
             by_category["activations"] += activations
             step.raise_peak(peak + self._grad_bytes + activations, by_category, estimated=True)
         self._points_max = self._bounds_max = 0
+        self._at_points_max = {}
         self._read_inside = self._active = False
+        self._role = "pass"
         self._forwards = 0
         self._point_at_max = {}
 
@@ -161,15 +164,10 @@ class MemoryMeter:
         last watched step left."""
         return value if self._fresh else max(value, so_far)
 
-    def _record(self, kind: str, headroom: int) -> int:
-        low, high = self._headrooms[kind]
-        self._headrooms[kind] = (min(low, headroom), max(high, headroom))
-        return headroom
-
-    @property
-    def headrooms(self) -> tuple[int, int]:
-        """The least and most headroom of the kind the estimates used: how far they may be off."""
-        return self._headrooms[self._used]
+    def optimizer_ran(self) -> None:
+        """An optimizer step ends in this window: its peak is of the optimizer's kind."""
+        self._role = "optimizer"
+        self._active = True
 
     def outside_steps(self, step: OpenStep) -> None:
         self._note_outside(step)
@@ -188,10 +186,15 @@ class MemoryMeter:
         self._segment = 0 if backward else self._segment + forward
         self._forwards = max(self._forwards, self._segment)
         if self.exact_window:
-            self._points_max = max(self._points_max, self.ledger.total)
+            total = self.ledger.total
+            if total > self._points_max:
+                self._points_max = total
+                self._at_points_max = dict(self.ledger.by_category)
             if boundary:
-                self._bounds_max = max(self._bounds_max, self.ledger.total)
-                self._last_bound = self.ledger.total
+                if total >= self._bounds_max:
+                    self._at_bound = dict(self.ledger.by_category)
+                self._bounds_max = max(self._bounds_max, total)
+                self._last_bound = total
             total = self.ledger.total + self._grad_bytes
             heap = self.heap.read()
             if heap is not None and (self._complete or self.heap.offset is None):

@@ -92,7 +92,7 @@ def _header(report: Report) -> Panel:
     grid.add_row(Text("device"), Text(f"{clean(d.type, TITLE)}: {clean(d.name, TITLE)}, capacity {capacity}"))
     grid.add_row(Text("measured"), Text(clean(_ACCOUNTING.get(report.accounting, report.accounting), TITLE)))
     peak_at = f" at step {report.peak_step}" if report.peak_step is not None else ""
-    estimated = _estimated_peak(report)
+    estimated = report.peak_estimated
     peak = Text(f"{'~' if estimated else ''}{format_bytes(report.peak_bytes)}{peak_at}", style="bold")
     if d.capacity_bytes:
         peak.append(f" ({report.peak_bytes / d.capacity_bytes:.0%} of capacity)")
@@ -116,13 +116,6 @@ def _header(report: Report) -> Panel:
 
 
 _TILDE = "~ estimated: this step was not watched op by op (oomdoctor run --exact watches every op)"
-
-
-def _estimated_peak(report: Report) -> bool:
-    """The peak comes from a step measured by hooks only (found by its value when no step is named)."""
-    at_peak = (lambda s: s.index == report.peak_step) if report.peak_step is not None else (
-        lambda s: s.peak_bytes == report.peak_bytes)
-    return bool(report.aggregates.get("peak_estimated")) or any(at_peak(s) and not s.exact for s in report.steps)
 
 
 _ACCOUNTING = {
@@ -204,8 +197,10 @@ def _notable_legend(report: Report) -> Padding:
 
 def _breakdown(report: Report) -> Table:
     total = sum(report.peak_by_category.get(c, 0) for c in CATEGORIES) or 1
-    table = Table(title=Text("At the peak"), title_justify="left", show_edge=False, show_header=False,
-                  pad_edge=False)
+    title = Text("At the peak")
+    if report.peak_estimated:
+        title.append(" (~ estimated)", style="dim")
+    table = Table(title=title, title_justify="left", show_edge=False, show_header=False, pad_edge=False)
     table.add_column("category")
     table.add_column("bytes", justify="right")
     table.add_column("share", justify="right")

@@ -88,12 +88,15 @@ def _header(report: Report) -> str:
     badge = ' <span class="badge simulated">simulated</span>' if d.simulated else ""
     where = _e(str(d.type) + (f":{d.index}" if d.index is not None else ""), TITLE)
     peak_at = _e(f"at step {report.peak_step}") if report.peak_step is not None else "outside any step"
+    approx = "~" if report.peak_estimated else ""
     share = ""
+    if approx:
+        share = '<div class="sub">~ estimated: not watched op by op (--exact watches every op)</div>'
     if d.capacity_bytes:
         ratio = report.peak_bytes / d.capacity_bytes
         level = "bad" if ratio >= 1 else ("warn" if ratio >= 0.9 else "ok")
-        share = (f'<div class="meter {level}"><span style="width:{min(ratio, 1) * 100:.1f}%"></span></div>'
-                 f'<div class="sub">{_e(f"{ratio:.0%}")} of capacity</div>')
+        share += (f'<div class="meter {level}"><span style="width:{min(ratio, 1) * 100:.1f}%"></span></div>'
+                  f'<div class="sub">{_e(f"{ratio:.0%}")} of capacity</div>')
     exception = report.exit.exception
     ok = report.exit.code == 0 and not exception
     raised = _e(exception.split(":")[0], TITLE) if exception else "no exception"
@@ -104,7 +107,7 @@ def _header(report: Report) -> str:
 <h1>oomdoctor memory report</h1>
 <div class="command"><code>{_e(command)}</code></div>
 <div class="facts">
-<div class="fact"><h2>Peak</h2><div class="big">{_e(format_bytes(report.peak_bytes))}</div>
+<div class="fact"><h2>Peak</h2><div class="big">{approx}{_e(format_bytes(report.peak_bytes))}</div>
 <div class="sub">{peak_at}</div>{share}</div>
 <div class="fact"><h2>Device</h2><div class="big">{where}</div><div class="sub">{_e(d.name, TITLE)}</div>
 <div class="sub">capacity {capacity}{badge}</div></div>
@@ -151,8 +154,9 @@ def _breakdown(report: Report) -> str:
         f'<div><div class="sub"><i class="sw" style="background:{COLORS[c]}"></i>{c.replace("_", " ")}</div>'
         f'<b>{_e(format_bytes(v))}</b> <span class="dim">{v / total:.0%}</span></div>'
         for c, v in values.items())
-    return (f'<section id="breakdown"><h2>At the peak <span class="dim">{_e(format_bytes(total))} by '
-            f'category</span></h2><div class="stack">{bar}</div><div class="breakdown">{cells}</div></section>')
+    approx = "~" if report.peak_estimated else ""
+    return (f'<section id="breakdown"><h2>At the peak <span class="dim">{approx}{_e(format_bytes(total))} by '
+            f'category{", estimated" if approx else ""}</span></h2><div class="stack">{bar}</div><div class="breakdown">{cells}</div></section>')
 
 
 def _findings(report: Report) -> str:

@@ -118,6 +118,14 @@ class Report:
         names the first one that is wrong)."""
         return report_from_data(cls, SCHEMA, data)
 
+    @property
+    def peak_estimated(self) -> bool:
+        """The peak comes from a step measured without the per-op view (its step found by value
+        when none is named), or from outside any step (an estimate, the report says so)."""
+        at_peak = (lambda s: s.index == self.peak_step) if self.peak_step is not None else (
+            lambda s: s.peak_bytes == self.peak_bytes)
+        return bool(self.aggregates.get("peak_estimated")) or any(at_peak(s) and not s.exact for s in self.steps)
+
     def findings_by_stake(self) -> list[Finding]:
         """Findings ordered as the report shows them: errors first, then by bytes at stake."""
         order = {s: i for i, s in enumerate(SEVERITIES)}
