@@ -20,7 +20,7 @@ from . import malloc
 
 READ_SHARE = 0.01
 READ_ALLOWANCE_S = 0.02
-NOISE_BYTES = 256 << 10  # heap movement beyond the tensors' that still says something about them
+NOISE_BYTES = 64 << 10  # heap movement beyond the tensors' that still says something about them
 JUDGED_FROM_STEP = 2
 
 
