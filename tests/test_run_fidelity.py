@@ -180,3 +180,48 @@ def test_an_exception_whose_str_raises_is_shown_like_python_and_reported(tmp_pat
     assert _traceback(doctor.stderr) == plain.stderr.strip()
     assert json.loads((tmp_path / "r.json").read_text())["exit"] == {
         "code": 1, "exception": "Weird: <exception str() failed>"}
+
+
+LOADER = """
+    import sys, torch
+    from torch.utils.data import DataLoader, Dataset
+
+    class Digits(Dataset):  # defined in __main__: spawned workers must import it from the script
+        def __len__(self):
+            return 128
+
+        def __getitem__(self, i):
+            return torch.randn(16, generator=torch.Generator().manual_seed(i)), i % 4
+
+    def main(context):
+        torch.manual_seed(0)
+        model = torch.nn.Linear(16, 4)
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+        loader = DataLoader(Digits(), batch_size=32, num_workers=2, multiprocessing_context=context)
+        for epoch in range(2):
+            for x, y in loader:
+                loss = torch.nn.functional.cross_entropy(model(x), y)
+                optimizer.zero_grad()
+                loss.backward()
+                optimizer.step()
+            print(context, epoch, round(loss.item(), 6))
+
+    if __name__ == "__main__":
+        main(sys.argv[1])
+"""
+
+
+@pytest.mark.parametrize("context", ["fork", "spawn"])
+def test_dataloader_workers_run_as_under_python(tmp_path: Path, context: str):
+    # GIVEN a script whose DataLoader feeds batches from 2 worker processes, forked or spawned
+    # (spawned workers re-import the script as __mp_main__ to find its Dataset class)
+    _script(tmp_path, "train.py", LOADER)
+    # WHEN it runs under python and under oomdoctor
+    plain = run_python("train.py", context, cwd=tmp_path, timeout=180)
+    doctor = run_cli("run", "--quiet", "--json", "r.json", "train.py", context, cwd=tmp_path, timeout=180)
+    # THEN the script's output and exit code are python's, and the main process's steps are all there
+    assert plain.returncode == doctor.returncode == 0, doctor.stderr
+    assert doctor.stdout == plain.stdout
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["steps_total"] == 8 and report["exit"]["code"] == 0
+    assert "Traceback" not in doctor.stderr
