@@ -213,21 +213,35 @@ class Session:
             # what else was built before) already in memory.
             self._trained = True
             self.clock.training_starts()
+        recompute = self._recomputing()
         self._push("forward")
+        self.meter.point()
+        if recompute:
+            return
         self.step_log.forwards += 1
         if args and isinstance(args[0], torch.Tensor) and args[0].dim() > 0:
             self.timeline.batch_size = int(args[0].shape[0])  # for the batch-size remedy
-        self.meter.point()
         for probe in self.probes:
             self._probe(probe.forward_start, module)
 
     def forward_end(self, module: torch.nn.Module, output: Any) -> None:
         self._pop("forward")
+        if self._recomputing():
+            self.meter.point()
+            return
         self.meter.point(forward=torch.is_grad_enabled())  # only a graph keeps its activations
         for probe in self.probes:
             self._probe(probe.forward_end, module, output)
 
+    def _recomputing(self) -> bool:
+        """A forward inside a backward pass: activation checkpointing recomputes what it dropped.
+        Its graph is autograd's business (used, or dropped once its tensors are taken): the
+        probes must not judge it as a forward nobody back-propagated."""
+        return "backward" in self._phases
+
     def module_end(self, module: torch.nn.Module, output: Any) -> None:
+        if self._recomputing():
+            return
         for probe in self.probes:
             if hasattr(probe, "module_end"):
                 self._probe(probe.module_end, module, output)

@@ -4,6 +4,7 @@ view does not watch oomdoctor's cost does not grow with the model.
 """
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import textwrap
@@ -85,6 +86,45 @@ def test_torch_func_inside_track():
         g = torch.func.grad(lambda x: (x ** 2).sum())(torch.ones(3))
     assert torch.equal(g, torch.full((3,), 2.0))
     assert session.report().exit.code == 0
+
+
+CHECKPOINTED = """
+import json, sys, torch
+import torch.utils.checkpoint as cp
+from torch import nn
+torch.manual_seed(0)
+stem, head = nn.Conv2d(3, 8, 3, padding=1), nn.Linear(8, 2)
+n1, c1, n2, c2 = nn.BatchNorm2d(8), nn.Conv2d(8, 8, 1), nn.BatchNorm2d(16), nn.Conv2d(16, 8, 1)
+modules = nn.ModuleList([stem, n1, c1, n2, c2, head])
+opt = torch.optim.SGD(modules.parameters(), lr=0.1)
+def layer1(*xs): return c1(torch.relu(n1(torch.cat(xs, 1))))
+def layer2(*xs): return c2(torch.relu(n2(torch.cat(xs, 1))))  # a dense block: it sees layer1's output
+reentrant = sys.argv[1] == "reentrant"
+for _ in range(12):
+    x = stem(torch.randn(8, 3, 8, 8))
+    a = cp.checkpoint(layer1, x, use_reentrant=reentrant)
+    b = cp.checkpoint(layer2, x, a, use_reentrant=reentrant)
+    loss = head(b.mean((2, 3))).pow(2).mean()
+    opt.zero_grad(); loss.backward(); opt.step()
+print(round(loss.item(), 6))
+"""
+
+
+@pytest.mark.parametrize("kind", ["non-reentrant", "reentrant"])
+@pytest.mark.parametrize("mode", [(), ("--exact",)])
+def test_activation_checkpointing_runs_as_under_python_and_is_no_finding(tmp_path, kind, mode):
+    # GIVEN a DenseNet-like loop whose layers are checkpointed (their forwards are recomputed
+    # inside backward, and non-reentrant checkpointing allows each saved tensor one unpack)
+    plain = run(tmp_path, CHECKPOINTED, kind)
+    # WHEN it runs under oomdoctor
+    watched = run(tmp_path, CHECKPOINTED, kind, oomdoctor_args=("--quiet", "--json", "r.json", *mode))
+    # THEN it runs as under python (oomdoctor reading the graph's saved tensors used to unpack
+    # them: CheckpointError at the first backward), and the recomputed forwards are no forward
+    # "that no backward uses"
+    assert plain.returncode == 0, plain.stderr
+    assert (watched.returncode, watched.stdout) == (0, plain.stdout), watched.stderr
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["findings"] == [] and report["steps_total"] == 12
 
 
 def deep_model(blocks: int) -> nn.Module:

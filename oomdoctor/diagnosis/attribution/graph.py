@@ -76,14 +76,29 @@ def _saved_tensors(node: Any) -> Iterator[torch.Tensor]:
         names = tuple(a for a in dir(node) if a.startswith("_saved_") and not a.endswith(("_sym_sizes", "_sym_strides")))
         _SAVED_NAMES[cls] = names
     for name in names:
+        # The raw saved values, never `getattr(node, name)`: that unpacks, and under saved-tensor
+        # hooks an unpack is the program's business (non-reentrant checkpointing recomputes the
+        # forward, and raises at backward's own unpack: it allows one).
         try:
-            value = getattr(node, name)
+            value = getattr(node, "_raw" + name)
         except Exception:  # freed by backward(), or not readable
             continue
-        if isinstance(value, torch.Tensor):
-            yield value
-        elif isinstance(value, (list, tuple)):
-            yield from (v for v in value if isinstance(v, torch.Tensor))
+        for raw in value if isinstance(value, (list, tuple)) else (value,):
+            packed = _packed(raw)
+            if packed is not None:
+                yield packed
+
+
+def _packed(raw: Any) -> torch.Tensor | None:
+    """What a saved value holds without unpacking it: the tensor itself, or what a pack hook made
+    of it where that is a tensor (offloaded to the CPU, say); nothing for checkpoint's holders."""
+    if isinstance(raw, torch.Tensor):
+        return raw
+    try:
+        data = raw.data
+    except Exception:
+        return None
+    return data if isinstance(data, torch.Tensor) else None
 
 
 def storage_id(t: torch.Tensor) -> int:
