@@ -312,6 +312,42 @@ for step in range(100):
 """)
 
 
+def test_a_local_adding_up_one_steps_micro_batches_already_back_propagated():
+    # pytorch-lr-finder's `_train_batch`: each micro-batch's loss is back-propagated, added to a
+    # local, and the call returns its `.item()` after the optimizer step: nothing outlives the call
+    check(TRAIN + """
+def train_batch(batches, accumulation_steps):
+    total_loss = None
+    for i in range(accumulation_steps):
+        x, y = next(batches)
+        loss = criterion(model(x), y) / accumulation_steps
+        loss.backward()
+        if total_loss is None:
+            total_loss = loss
+        else:
+            total_loss += loss
+    optimizer.step()
+    return total_loss.item()
+
+
+for step in range(100):
+    print(train_batch(batches, 4))
+""")
+
+
+def test_a_bounded_training_loop_that_steps_still_keeps_every_graph():
+    check(TRAIN + """
+def train(steps):
+    total = 0
+    for i in range(steps):
+        x, y = next(batches)
+        loss = criterion(model(x), y)
+        loss.backward()
+        optimizer.step()
+        total += loss  # oomdoctor: retained-graph
+    return total.item() / steps
+""")
+
 def test_losses_collected_then_back_propagated_together():
     check(TRAIN + """
 for x, y in loader:

@@ -250,6 +250,8 @@ class Scope(Values):
         for loop in reversed(self.loops):
             if self.facts.resets(loop.node, held):
                 return None  # emptied every iteration of this loop: bounded by one iteration
+            if loop.step and self._micro_batches(loop, held):
+                return None
             if loop.step or (loop.evaluating and not steps_only):
                 return loop
         if not isinstance(self.node, FUNCTIONS) or self.facts.resets(self.node, held):
@@ -259,6 +261,17 @@ class Scope(Values):
         outlives_call = (root in ("self", "cls") and root in self.params and "." in held) or \
                         (root not in self.assigned and root not in self.params)
         return "call" if outlives_call else None
+
+
+    def _micro_batches(self, loop: Loop, held: str) -> bool:
+        """`for i in range(accumulation_steps): ...; loss.backward(); total += loss` in a function,
+        the optimizer stepped after the loop: a plain local adds up one step's micro-batches and
+        is gone when the call returns (pytorch-lr-finder's `_train_batch`)."""
+        root = held.split(".")[0]
+        return (loop.bounded and isinstance(self.node, FUNCTIONS) and "." not in held and "[" not in held
+                and root in self.assigned and root not in self.params and not any(
+                    isinstance(n, ast.Call) and isinstance(n.func, ast.Attribute) and n.func.attr == "step"
+                    for n in walk(loop.node.body)))
 
 
 def _bounded(loop: ast.AST) -> bool:
