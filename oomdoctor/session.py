@@ -102,6 +102,7 @@ class Session:
         self._running = False
         self.stopping = False
         self._trained = False  # a root forward ran
+        self._optimized: set[int] = set()  # ids of the parameters of the optimizers made so far
         self._phases: list[str] = []
 
     # -- lifecycle -----------------------------------------------------------------------------
@@ -249,6 +250,11 @@ class Session:
     def optimizer_made(self, optimizer: torch.optim.Optimizer) -> None:
         self.meter.adopt_optimizer(optimizer)
         self.clock.optimizer_exists()
+        params = {id(p) for group in optimizer.param_groups for p in group["params"]}
+        if not params <= self._optimized:  # a new phase of training: watch its first steps
+            self._optimized |= params
+            # +1: the next step's per-op view was chosen at the last optimizer step already.
+            self.sampler.new_phase(self.clock.next_index + 1)
 
     def optimizer_pre(self, optimizer: torch.optim.Optimizer) -> None:
         self._push("optimizer")

@@ -31,9 +31,23 @@ Attribution runs again when the count doubles (at most `MAX_ATTRIBUTIONS` times)
 Unused graphs, per call: a root forward's call site with the user's lines that led to it (one
 `infer()` used by training and by evaluation is two calls). A forward whose graph was freed, or is
 alive when the session stops, with no backward through it, is unused. Event `unused-graph`, one
-per call: location (the forward's line), module, eval (the module was in eval mode at every
-call), forwards, backwards, unused, line_backwards (backwards through forwards of the same line
-from other calls), saved_bytes (what the call's first forward saved for backward).
+per call: location (the forward's line, or where other calls back-propagate that line, the first
+line of this call's path they do not share: computed when published, as the other calls may be
+back-propagated only later), module, eval (the module was in eval mode at every call), forwards,
+backwards, unused, line_backwards (backwards through forwards of the same line from other calls),
+module_backwards (backwards through any forward of the module objects this call ran: none for a
+target network or a frozen teacher), saved_bytes (what the call's first forward saved for backward).
+
+Unused graphs inside a used forward, on sampled steps: a distiller's forward runs its teacher
+through a method (`t_net.extract_feature(x)`, no `__call__` of the teacher) and uses only detached
+features, so the teacher's inner modules build a graph that the distiller's back-propagated output
+does not reach. Each inner module call is keyed by its path: the user's lines from the module call
+up to the root module's forward. An inner graph freed without a backward through it counts as
+unused once the root forward it ran in is back-propagated (an unused root forward is reported as
+a call already). At the end, each unused path is reported at its outermost line that no
+back-propagated path shares (the teacher's line in the distiller's forward, where `no_grad`
+goes), paths meeting at one line as one `unused-graph` event with `inner=True`; forwards and
+unused count root calls, saved_bytes the outputs of the inner modules run there in one call.
 """
 from __future__ import annotations
 
@@ -41,6 +55,7 @@ import collections
 import functools
 import gc
 import statistics
+import sys
 import weakref
 from typing import Any
 
@@ -54,6 +69,8 @@ OLD = 2  # a graph is old once this many forwards at its call site followed it
 OLD_STEPS = 3  # ... or this many steps' worth of backward passes (a GAN's step runs two)
 MIN_OLD = 3  # old graphs alive from this many steps (or forwards): something holds them
 MAX_ATTRIBUTIONS = 8
+MAX_PATH = 4  # user lines kept of an inner module call's path, outermost (the root's forward) first
+MAX_USES = 8  # module objects counted per call site
 NODE_BYTES = 970  # host memory per retained autograd node after backward (measured, CPU, 2.13)
 
 
@@ -74,14 +91,24 @@ class _Line:
         self.sites: list[_Site] = []
 
 
+class _Use:
+    """Backwards through the root forwards of one module object, from any call."""
+
+    __slots__ = ("backwards",)
+
+    def __init__(self) -> None:
+        self.backwards = 0
+
+
 class _Site:
     """A call of a model by the user's code, with counts over the session."""
 
     __slots__ = ("chain", "location", "line", "module", "eval", "forwards", "backwards", "unused", "saved_bytes",
-                 "event", "pending", "attributed")
+                 "event", "pending", "attributed", "uses", "number")
 
-    def __init__(self, chain: tuple, line: _Line, module: torch.nn.Module):
+    def __init__(self, chain: tuple, line: _Line, module: torch.nn.Module, number: int):
         self.chain = chain
+        self.number = number  # calls in the order they first ran
         self.location = _location(chain[0])
         self.line = line
         line.sites.append(self)
@@ -94,13 +121,32 @@ class _Site:
         self.event: dict[str, Any] | None = None
         self.pending: list[_Forward] = []  # alive graphs no backward reached yet, oldest first
         self.attributed = 0  # len(pending) at the last attribution on the forward clock
+        self.uses: list[_Use] = []  # the module objects called here
+
+
+class _Inner:
+    """Inner module calls made along one path of the user's lines inside root forwards (sampled
+    steps): `path` innermost first, each line (file, line, function, qualified name)."""
+
+    __slots__ = ("path", "module", "eval", "backwards", "unused", "unused_bytes", "calls", "unused_calls")
+
+    def __init__(self, path: tuple, module: torch.nn.Module):
+        self.path = path
+        self.module = type(module).__name__
+        self.eval = not module.training
+        self.backwards = 0
+        self.unused = 0
+        self.unused_bytes = 0
+        self.calls: set[int] = set()  # serials of the root calls it ran in
+        self.unused_calls: set[int] = set()
 
 
 class _Forward:
     """One marked graph: a root forward's (with its site), a backward root's or an inner
-    module's output (no site)."""
+    module's output (no site; `inner` on sampled steps, with the root forward it ran in)."""
 
-    __slots__ = ("step", "site", "backward", "markers", "refs")
+    __slots__ = ("step", "site", "backward", "markers", "refs", "use", "inner", "root", "nbytes", "taken",
+                 "dropped", "serial")
 
     def __init__(self, step: int, site: _Site | None, backward: bool = False):
         self.step = step
@@ -108,6 +154,13 @@ class _Forward:
         self.backward = backward
         self.markers = 0
         self.refs: list[weakref.ref] = []
+        self.use: _Use | None = None
+        self.inner: _Inner | None = None
+        self.root: _Forward | None = None
+        self.nbytes = 0
+        self.taken = False  # its nodes were taken over by the root forward's marker
+        self.dropped: list[_Forward] | None = None  # a root's inner graphs freed before it was reached
+        self.serial = 0
 
     def reached(self, _grad_outputs: Any) -> None:
         """Node pre-hook: backward reached this graph."""
@@ -117,6 +170,14 @@ class _Forward:
                 self.site.backwards += 1
                 self.site.line.backwards += 1
                 _discard(self.site.pending, self)
+            if self.use is not None:
+                self.use.backwards += 1
+            if self.inner is not None:
+                self.inner.backwards += 1
+            if self.dropped:  # the root is back-propagated: its inner graphs freed before were unused
+                for inner in self.dropped:
+                    _unused_inner(inner, self)
+                self.dropped = None
 
 
 class GraphProbe:
@@ -132,6 +193,13 @@ class GraphProbe:
         self._attributions = 0
         self._steps_at_attribution = 0
         self._next_check = 0
+        self.uses: weakref.WeakKeyDictionary[torch.nn.Module, _Use] = weakref.WeakKeyDictionary()
+        # Inner module calls, sampled steps only: by path, and those of the root call running now.
+        self.inner: dict[tuple, _Inner] = {}
+        self._root_caller: Any = None  # the frame that called the running root module (sampled steps)
+        self._call_inner: list[_Forward] = []  # inner graphs of the running root call
+        self._early: list[_Forward] = []  # ... freed without a backward before that call returned
+        self._calls = 0
         # The steps' clock: graphs are stamped with the backward passes run before them, which
         # a probe sees as they happen (the session closes a step only at the next one's optimizer).
         self.backwards = 0
@@ -152,6 +220,7 @@ class GraphProbe:
         for site in self.sites.values():
             if site.unused:
                 self._publish_site(site)
+        self._publish_inner()
         for event in list(self.holders.values()):
             # Forward clock: confirmed only if no backward ever ran through the graphs nor through
             # any graph of their call site (a window or an episode cut short by Ctrl-C or an OOM).
@@ -164,9 +233,18 @@ class GraphProbe:
         self.active = False
 
     def forward_start(self, session: Any, module: torch.nn.Module) -> None:
-        pass
+        """A root forward starts: on sampled steps, note the frame that called it, where the
+        paths of its inner module calls end."""
+        for f in self._call_inner:  # a root call that never ended (it raised): not judged
+            f.root = _UNJUDGED
+        self._root_caller = _first_user_frame() if getattr(session, "sampling", False) else None
+        self._call_inner, self._early = [], []
 
     def forward_end(self, session: Any, module: torch.nn.Module, output: Any) -> None:
+        inner, early = self._call_inner, self._early
+        self._root_caller, self._call_inner, self._early = None, [], []
+        for f in inner:  # judged with the root forward made below, or not at all
+            f.root = _UNJUDGED
         if not torch.is_grad_enabled() or next(module.parameters(), None) is None:
             return  # loss modules and other parameter-less roots only continue a graph
         nodes = output_nodes(output, root=True)
@@ -177,10 +255,20 @@ class GraphProbe:
             return
         site = self.sites.get(chain)
         if site is None:
-            site = self.sites[chain] = _Site(chain, self.lines.setdefault(chain[0], _Line()), module)
+            site = self.sites[chain] = _Site(chain, self.lines.setdefault(chain[0], _Line()), module, len(self.sites))
         site.forwards += 1
         site.eval = site.eval and not module.training
         forward = self._mark(nodes, _Forward(self.backwards, site), hook=True)
+        forward.use = self._use(module)
+        if forward.use is not None and len(site.uses) < MAX_USES and all(u is not forward.use for u in site.uses):
+            site.uses.append(forward.use)
+        if inner:
+            self._calls += 1
+            forward.serial = self._calls
+            for f in inner:
+                f.root = forward
+                f.inner.calls.add(forward.serial)
+            forward.dropped = early or None
         site.pending.append(forward)
         if site.saved_bytes is None:  # once per call: what one of its graphs holds
             site.saved_bytes = attribution.walk_graph(nodes, budget=20_000).saved_bytes
@@ -200,14 +288,39 @@ class GraphProbe:
         self.backwards += 1
 
     def module_end(self, session: Any, module: torch.nn.Module, output: Any) -> None:
-        """An inner module's forward returned, on a sampled step: mark its output."""
+        """An inner module's forward returned, on a sampled step: mark its output, and note the
+        path of the user's lines that called it."""
         if torch.is_grad_enabled():
             nodes = output_nodes(output)
             if nodes:
-                self._mark(nodes, _Forward(self.backwards, None), hook=True)
+                forward = _Forward(self.backwards, None)
+                caller = self._root_caller
+                if caller is not None:
+                    path = _inner_path(caller)
+                    if path:
+                        inner = self.inner.get(path)
+                        if inner is None:
+                            inner = self.inner[path] = _Inner(path, module)
+                        inner.eval = inner.eval and not module.training
+                        forward.inner = inner
+                        forward.nbytes = _output_bytes(output)
+                        self._call_inner.append(forward)
+                self._mark(nodes, forward, hook=True)
+
+    def _use(self, module: torch.nn.Module) -> _Use | None:
+        try:
+            use = self.uses.get(module)
+            if use is None:
+                use = self.uses[module] = _Use()
+            return use
+        except TypeError:  # a module that cannot be weakly referenced or hashed
+            return None
 
     def _mark(self, nodes: list[Any], forward: _Forward, hook: bool) -> _Forward:
         for node in nodes:
+            old = node.metadata.get(MARKER_KEY)
+            if old is not None:  # a root forward takes over its last inner module's output
+                old.forward.taken = True
             marker = Marker(forward)
             node.metadata[MARKER_KEY] = marker
             forward.refs.append(weakref.ref(marker, functools.partial(self._freed, forward)))
@@ -255,15 +368,50 @@ class GraphProbe:
                 _discard(site.pending, forward)
                 site.unused += 1
                 self._publish_site(site)
+            if forward.inner is not None and not forward.backward and not forward.taken and self.active:
+                root = forward.root
+                if root is None:  # freed inside the root call (a teacher's features, detached)
+                    self._early.append(forward)
+                elif root is _UNJUDGED:
+                    pass
+                elif root.backward:
+                    _unused_inner(forward, root)
+                else:  # judged when backward reaches the root; dropped with it otherwise
+                    root.dropped = (root.dropped or []) + [forward]
         except Exception:  # called by the garbage collector anywhere: never raise
             pass
 
     def _publish_site(self, site: _Site) -> None:
+        # The location is computed again each time: the calls that share its line may be
+        # back-propagated only after this call's first graph was freed (a DQN's online network
+        # is back-propagated after its target network's graph died at the end of loss()).
+        location = _own_call(site)
         if site.event is None:
-            site.event = attribution.new_event(self.session.timeline, "unused-graph", location=_own_call(site),
-                                               module=site.module)
-        site.event.update(eval=site.eval, forwards=site.forwards, backwards=site.backwards, unused=site.unused,
-                          line_backwards=site.line.backwards - site.backwards, saved_bytes=site.saved_bytes or 0)
+            site.event = attribution.new_event(self.session.timeline, "unused-graph", location=location,
+                                               module=site.module, call=site.number)
+        site.event.update(location=location, eval=site.eval, forwards=site.forwards, backwards=site.backwards,
+                          unused=site.unused, line_backwards=site.line.backwards - site.backwards,
+                          module_backwards=sum(u.backwards for u in site.uses), saved_bytes=site.saved_bytes or 0)
+
+    def _publish_inner(self) -> None:
+        """One event per line where inner graphs of back-propagated root forwards went unused."""
+        used = [inner.path for inner in self.inner.values() if inner.backwards]
+        at: dict[tuple, list[tuple[_Inner, str]]] = {}
+        for inner in self.inner.values():
+            if inner.unused and not inner.backwards:
+                depth = _diverging(inner.path, used)
+                if depth is not None:
+                    frame = inner.path[depth]
+                    at.setdefault(frame[:3], []).append((inner, _called(inner, depth)))
+        for frame, group in at.items():
+            calls = set().union(*(inner.calls for inner, _ in group))
+            unused = set().union(*(inner.unused_calls for inner, _ in group))
+            module = max(group, key=lambda g: g[0].unused_bytes)[1]
+            attribution.new_event(
+                self.session.timeline, "unused-graph", location=_location(frame), module=module, inner=True,
+                eval=all(inner.eval for inner, _ in group), forwards=len(calls), backwards=0, unused=len(unused),
+                line_backwards=0, module_backwards=0,
+                saved_bytes=sum(inner.unused_bytes for inner, _ in group) // max(1, len(unused)))
 
     # -- retained graphs -----------------------------------------------------------------------
     def _old_steps(self) -> int:
@@ -398,6 +546,76 @@ def _own_call(site: _Site) -> dict[str, Any]:
         if all(len(chain) <= depth or chain[depth] != frame for chain in trained):
             return _location(frame)
     return site.location
+
+
+_UNJUDGED = _Forward(0, None)  # the root of inner graphs whose root forward is not marked
+
+
+def _first_user_frame() -> Any:
+    frame = sys._getframe(2)
+    while frame is not None and not attribution.is_user_file(frame.f_code.co_filename):
+        frame = frame.f_back
+    return frame
+
+
+def _inner_path(caller: Any) -> tuple:
+    """The user's lines from an inner module's call up to the root module's forward (below
+    `caller`, the frame that called the root module), innermost first; () when `caller` is not on
+    the stack."""
+    frame = sys._getframe(2)
+    path = []
+    while frame is not None and frame is not caller:
+        code = frame.f_code
+        if attribution.is_user_file(code.co_filename):
+            path.append((code.co_filename, frame.f_lineno, code.co_name, code.co_qualname))
+        frame = frame.f_back
+    return tuple(path[-MAX_PATH:]) if frame is not None else ()
+
+
+def _diverging(path: tuple, used: list[tuple]) -> int | None:
+    """The index in `path` of its outermost line that no back-propagated path shares along with
+    all the lines outside it (paths aligned at the root's forward); None if every line is shared."""
+    for depth in range(len(path) - 1, -1, -1):
+        tail = path[depth:]
+        if not any(len(other) >= len(tail) and other[len(other) - len(tail):] == tail for other in used):
+            return depth
+    return None
+
+
+def _called(inner: _Inner, depth: int) -> str:
+    """What the line at `depth` of the path called: the class of the method it entered (the
+    teacher's `extract_feature`), else the inner module itself."""
+    if depth > 0:
+        owner, _, _ = inner.path[depth - 1][3].rpartition(".")
+        if owner and not owner.endswith(">"):
+            return owner
+    return inner.module
+
+
+def _output_bytes(output: Any) -> int:
+    """Bytes of the tensors a module returned that belong to a graph (its activations)."""
+    total, seen, stack = 0, set(), [output]
+    while stack and len(seen) < 16:
+        item = stack.pop()
+        if isinstance(item, torch.Tensor):
+            if item.grad_fn is not None:
+                storage = item.untyped_storage()
+                if storage.data_ptr() not in seen:
+                    seen.add(storage.data_ptr())
+                    total += storage.nbytes()
+        elif isinstance(item, (list, tuple)):
+            stack.extend(item[:8])
+        elif isinstance(item, dict):
+            stack.extend(list(item.values())[:8])
+    return total
+
+
+def _unused_inner(forward: _Forward, root: _Forward) -> None:
+    inner = forward.inner
+    assert inner is not None
+    inner.unused += 1
+    inner.unused_bytes += forward.nbytes
+    inner.unused_calls.add(root.serial)
 
 
 def _discard(pending: list[_Forward], forward: _Forward) -> None:
