@@ -14,12 +14,20 @@ other than parameters and optimizer state (created once):
   every step (a history kept with `torch.cat`) shows as one line growing from scan to scan.
 When survivors come from three steps or more, one of the latest two included, or a line grew
 at three scans in a row, the user's frames are searched once for what holds those storages and
-for the statement that stores into it (attribution.py). Without per-op sites (CUDA), end bytes
-rising `RISING` steps in a row start the search instead: every holder of device tensors in the
-user's frames is sized twice, `APART` steps apart, and the one that grew is named. From then on the holder is found again
-on the stack by its frame's code and access path (no reference to the user's objects is kept)
-and its bytes are measured exactly, a few dozen times over the run: on sampled CPU runs that is
-the true rate, which the ledger alone underestimates (steps between samples go unseen).
+for the statement that stores into it (attribution.py).
+
+The per-op view sees nothing of the steps it skips, nor of what runs between steps (an evaluation
+under no_grad): growth made there leaves no survivors. So on every step whose end bytes are not
+the ledger's (CUDA: the allocator's; CPU steps the per-op view skipped: the calibrated heap), end
+bytes that rose over three equal spans in a row (`rose_by_spans`: 2, 4, 8... steps each, so that
+growth in one jump an epoch is seen as well as growth at every step) start a search by size:
+every holder of tensors in the user's frames is sized, again once the end bytes rose further
+(at least `APART` steps later), and each holder that grew by a good share of the rise is named
+(a metric's two list states grow together: two holders, two statements). From then on each
+named holder is found again on the stack by its frame's code and access path (no reference to
+the user's objects is kept) and its bytes are measured exactly, a few dozen times over the run:
+on sampled CPU runs that is the true rate, which the ledger alone underestimates (steps between
+samples go unseen).
 
 One event `survivors`, updated in place: all_exact (every step's end bytes are exact:
 `timeline.series` can be fitted), capacity, capacity_source ("--capacity" | "device" | "ram"),
@@ -27,12 +35,14 @@ scans, scan_step, by_step ([[k, bytes]] for the exact steps k in [1, S-2]), site
 line, function, code, bytes, steps}], survivors by line), site_series ([{file, line, function,
 code, points: [[S, bytes]]}]), holder, holder_series ([[step, bytes, tensors, length]]; length None for a tensor), allocation
 (the line that created the holder's storages), location, before, after, method (the statement
-that stores into the holder, and the same statement fixed).
+that stores into the holder, and the same statement fixed): the first holder named; holders
+([{holder, holder_series, allocation, location, before, after, method}], every holder named,
+the first included).
 """
 from __future__ import annotations
 
 import os
-from collections import deque
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -46,8 +56,13 @@ GROWING = ("activations", "other", "gradients")
 KEEP = 64  # creation steps, scans and holder measurements kept per list
 TOP_SITES = 8
 MAX_ATTRIBUTIONS = 3
-RISING = 6  # without per-op sites (CUDA): end bytes rising this many steps in a row start a search
-APART = 4  # steps between the two sizings of the user's holders
+APART = 4  # steps at least between the two sizings of the user's holders
+SPANS = 3  # end bytes rising over this many equal spans in a row start a search by size
+MIN_RISE = 1024  # bytes per step a span must rise by (less is never reported: detectors/growth.py)
+MAX_SEARCHES = 3
+MAX_HOLDERS = 4  # holders named in all
+SHARE = 0.1  # a holder named by size grew by at least this share of the end bytes' rise
+GRAPH_BUDGET = 20_000  # autograd nodes walked behind a named holder's tensors
 
 
 class GrowthProbe:
@@ -59,11 +74,12 @@ class GrowthProbe:
         self._site_points: dict[tuple, list[list[int]]] = {}
         self._attributions = 0
         self._next_attribution = 0
-        self._holder: tuple[Any, tuple] | None = None  # the holder's locator (attribution.resolve)
-        self._measured_at = -1
-        self._measure_every = 1
-        self._ends: deque[int] = deque(maxlen=RISING + 1)
-        self._sized: tuple[int, int, dict[tuple, int]] | None = None  # (step, end bytes, holder sizes)
+        self._named: list[_Named] = []  # the holders named, measured from then on
+        self._searches = 0
+        self._next_search = 0
+        # The first sizing of a search by size: (step, end bytes, span in steps, the span's rise,
+        # holder sizes).
+        self._sized: tuple[int, int, int, int, dict[tuple, int]] | None = None
 
     # -- probe protocol ------------------------------------------------------------------------
     def start(self, session: Any) -> None:
@@ -101,10 +117,15 @@ class GrowthProbe:
         index = step.index
         if self.event["capacity"] is None and session.timeline.capacity is not None:
             self.event["capacity"] = session.timeline.capacity  # CUDA: known once installed
-        if self._holder is not None and index - self._measured_at >= self._measure_every:
-            self._measure(index)
-        if not self._ledger_ops:
+        for named in self._named:
+            if index - named.measured_at >= named.every:
+                self._measure(named, index)
+        if not self._ledger_ops or not step.exact:
+            # End bytes that are no ledger's: the allocator's (CUDA) or the heap's (a CPU step the
+            # per-op view skipped, and what ran since the last step). Growth made there leaves no
+            # survivors the ledger could see.
             self._search_by_size(index, step.end_bytes)
+        if not self._ledger_ops:
             return
         if step.exact and index >= 1:
             self._exact = (self._exact + [index])[-KEEP:]
@@ -173,66 +194,154 @@ class GrowthProbe:
         ids = {key for key, e in list(self.session.ledger.entries.items())
                if e.site is not None and (e.site.file, e.site.line, e.site.function) == site}
         holders = attribution.find_holders(attribution.user_frames(), lambda t: _storage_id(t) in ids)
-        if not holders:
+        holders = [h for h in holders if not self._is_named(h)]
+        if not holders or len(self._named) >= MAX_HOLDERS:
             return
-        self._name(max(holders, key=lambda h: attribution.held_bytes(h.value)[0]), site, now)
+        self._name([max(holders, key=lambda h: attribution.held_bytes(h.value)[0])], site, now)
 
-    def _name(self, holder: Any, site: tuple | None, now: int) -> None:
-        """Record the holder and the statement that stores into it; measure it from now on."""
+    def _is_named(self, holder: Any) -> bool:
+        return any(holder.locator in named.locators or holder.name == named.name for named in self._named)
+
+    def _name(self, holders: list[Any], site: tuple | None, now: int) -> None:
+        """Record a holder (the instances of one, under one name: each hook object's list) and the
+        statement that stores into it; measure it from now on."""
+        holder = holders[0]
+        graph = _graph(holders)
         scalar = all(t.numel() == 1 for t in holder.tensors)
         method = ".item()" if scalar else (".cpu()" if self.session.device.type != "cpu" else None)
+        # Tensors that carry graphs: `.detach()` at the store frees every step's graph.
+        method = method or (".detach()" if graph else None)
         attach = attribution.attach_statement(holder, method or ".detach()")
-        self._holder = holder.locator
-        self.event.update(holder=holder.name, allocation=_site_dict(site) if site else None)
+        record: dict[str, Any] = {"holder": holder.name, "allocation": _site_dict(site) if site else None,
+                                  "location": None, "before": None, "after": None, "method": None,
+                                  "holder_series": [], "graph": graph}
         if attach is not None:
-            self.event.update(location={"file": attach.file, "line": attach.line, "function": attach.function,
-                                        "code": attach.code},
-                              before=attach.before if method else None, after=attach.after if method else None,
-                              method=attach.method if method else None)
-        self._measure(now)
+            record.update(location={"file": attach.file, "line": attach.line, "function": attach.function,
+                                    "code": attach.code},
+                          before=attach.before if method else None, after=attach.after if method else None,
+                          method=attach.method if method else None)
+        if not self._named:  # the first holder named is the event's own too
+            self.event.update(holder=record["holder"], allocation=record["allocation"])
+            if attach is not None:
+                self.event.update({k: record[k] for k in ("location", "before", "after", "method")})
+            record["holder_series"] = self.event["holder_series"]
+        self.event.setdefault("holders", []).append(record)
+        named = _Named(holder.name, [h.locator for h in holders], record["holder_series"])
+        self._named.append(named)
+        self._measure(named, now)
 
     def _search_by_size(self, index: int, end: int) -> None:
-        """Without per-op sites: once end bytes rose RISING steps in a row, size every holder of
-        device tensors in the user's frames, again APART steps later, and name the one that grew."""
-        self._ends.append(end)
-        if self._holder is not None or self._attributions >= MAX_ATTRIBUTIONS or index < self._next_attribution:
+        """Once end bytes rose over SPANS equal spans in a row, size every holder of tensors in
+        the user's frames; once they rose further, size them again and name those that grew."""
+        if self._searches >= MAX_SEARCHES or len(self._named) >= MAX_HOLDERS or index < self._next_search:
             return
         if self._sized is None:
-            ends = list(self._ends)
-            if len(ends) > RISING and all(b > a for a, b in zip(ends, ends[1:])):
-                self._sized = (index, end, {k: n for k, (_, n) in self._holder_sizes().items()})
+            noise = getattr(getattr(self.session.meter, "heap", None), "noise", 0) if self._ledger_ops else 0
+            rise = rose_by_spans(self.session.timeline.series, noise)
+            if rise is not None and not self._explained(index, *rise):
+                span, by = rise
+                sizes = {k: n for k, (_, n) in self._holder_sizes().items()}
+                self._sized = (index, end, span, by, sizes)
             return
-        first, first_end, before = self._sized
-        if index - first < APART:
+        first, first_end, span, by, before = self._sized
+        # Wait for the end bytes to rise again by half the span's rise: growth in one jump an
+        # epoch is seen between two sizings that straddle a jump. Past SPANS spans, size anyway.
+        waited = index - first
+        if waited < APART or (end - first_end < by // 2 and waited < SPANS * span):
             return
         self._sized = None
-        self._attributions += 1
-        self._next_attribution = index + max(8, index)
-        grown = [(n - before.get(k, 0), holder) for k, (holder, n) in self._holder_sizes().items()]
-        growth, holder = max(grown, key=lambda g: g[0], default=(0, None))
-        if holder is not None and growth > 0 and growth >= 0.25 * (end - first_end):
-            self._name(holder, None, index)
+        self._searches += 1
+        self._next_search = index + max(8, index)
+        # Instances of one holder (the same list on each of a layer's hooks, a metric's state on
+        # two metrics) grow together: they are one statement, named once, their growth summed.
+        groups: dict[str, list[tuple[int, Any]]] = {}
+        for k, (holder, n) in self._holder_sizes().items():
+            growth = n - before.get(k, 0)
+            if growth > 0 and not self._is_named(holder):
+                groups.setdefault(holder.name, []).append((growth, holder))
+        ranked = sorted(groups.values(), key=lambda g: sum(n for n, _ in g), reverse=True)
+        rise = end - first_end
+        for group in ranked[:MAX_HOLDERS - len(self._named)]:
+            # Growth spread over many holders (hooks added again and again) leaves each a small
+            # share: a tenth of the rise is worth measuring; the detector judges the bytes.
+            if sum(n for n, _ in group) >= SHARE * rise:
+                self._name([h for _, h in sorted(group, key=lambda g: g[0], reverse=True)], None, index)
+
+    def _explained(self, index: int, span: int, by: int) -> bool:
+        """The holders named already grew by half the end bytes' rise over the last span: no
+        other holder to look for."""
+        grown = 0
+        for named in self._named:
+            before = [p[1] for p in named.series if p[0] <= index - span]
+            if before and named.series:
+                grown += named.series[-1][1] - before[-1]
+        return grown >= by // 2 > 0 and bool(self._named)
 
     def _holder_sizes(self) -> dict[tuple, tuple[Any, int]]:
         kind = self.session.device.type
         holders = attribution.find_holders(attribution.user_frames(), lambda t: t.device.type == kind)
         return {h.locator: (h, attribution.held_bytes(h.value)[0]) for h in holders}
 
-    def _measure(self, index: int) -> None:
-        """The holder's exact bytes now, found again from the stack."""
-        series = self.event["holder_series"]
+    def _measure(self, named: "_Named", index: int) -> None:
+        """A named holder's exact bytes now (its instances together), found again from the stack."""
+        series = named.series
         if series and series[-1][0] == index:
             return
-        self._measured_at = index
-        value = attribution.resolve(self._holder)
-        if value is None:
+        named.measured_at = index
+        values = [v for v in (attribution.resolve(locator) for locator in named.locators) if v is not None]
+        if not values:
             return
-        nbytes, count = attribution.held_bytes(value)
-        # A container's length too: one that stopped lengthening replaces its items (bounded).
-        series.append([index, nbytes, count, None if isinstance(value, torch.Tensor) else _length(value)])
+        storages = {}
+        for value in values:
+            for t in attribution.tensors_of(value):
+                storages.setdefault(_storage_id(t), _storage_bytes(t))
+        # A container's length too: one that stopped lengthening replaces its items (bounded). A
+        # tensor's element count: one that keeps its elements while its bytes grow only views a
+        # storage remade bigger elsewhere (`value = thresholds[i]` of a growing `torch.cat`).
+        lengths = [t.numel() if isinstance(t, torch.Tensor) else _length(t) for t in values]
+        length = None if any(n is None for n in lengths) else sum(lengths)
+        series.append([index, sum(storages.values()), len(storages), length])
         if len(series) >= KEEP:  # thin out: every other point, measure half as often
             series[:] = series[::2]
-            self._measure_every *= 2
+            named.every *= 2
+
+
+@dataclass
+class _Named:
+    """A holder named: its instances (how to find each again) and its measurements (the event's list)."""
+
+    name: str
+    locators: list[tuple]
+    series: list = field(default_factory=list)
+    every: int = 1
+    measured_at: int = -1
+
+
+def _graph(holders: list[Any]) -> dict[str, int] | None:
+    """The autograd graph behind the holders' tensors, when they carry one: a holder that grows
+    with graphs attached keeps every step's graph (a retained graph, whatever else it keeps)."""
+    roots = [t for h in holders for t in h.tensors if t.grad_fn is not None]
+    if not roots:
+        return None
+    # Nodes only: reading what a node saved runs the unpack hooks of saved-tensor hooks
+    # (activation checkpointing recomputes, offloading copies back).
+    stats = attribution.walk_graph(roots, budget=GRAPH_BUDGET, want_bytes=False)
+    return {"tensors": len(roots), "nodes": stats.nodes}
+
+
+def rose_by_spans(points: list[tuple[int, int]], noise: int = 0) -> tuple[int, int] | None:
+    """(span in steps, rise over the last span) when the latest points rose over SPANS equal
+    spans in a row, each by more than `noise` and MIN_RISE bytes a step; spans of 2, 4, 8...
+    points, so that growth in one jump every few steps (an epoch's evaluation) is seen once a
+    span holds a jump. A list emptied every epoch rises within one too: only starting a search,
+    that is cheap; the holders' own bytes decide (detectors/growth.py)."""
+    n, gap = len(points), 2
+    while SPANS * gap < n:
+        marks = [points[n - 1 - k * gap] for k in range(SPANS, -1, -1)]
+        if all(b[1] - a[1] > max(noise, MIN_RISE * (b[0] - a[0])) for a, b in zip(marks, marks[1:])):
+            return marks[-1][0] - marks[-2][0], marks[-1][1] - marks[-2][1]
+        gap *= 2
+    return None
 
 
 def _site_dict(site: tuple) -> dict[str, Any]:
@@ -245,6 +354,13 @@ def _length(value: Any) -> int | None:
         return len(value)
     except TypeError:
         return None
+
+
+def _storage_bytes(t: torch.Tensor) -> int:
+    try:
+        return t.untyped_storage().nbytes()
+    except Exception:
+        return 0
 
 
 def _storage_id(t: torch.Tensor) -> int:

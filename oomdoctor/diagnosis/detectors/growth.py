@@ -4,14 +4,18 @@ Pure, on the `survivors` event of probes/growth.py and `timeline.series`. Each k
 is fitted with Theil-Sen (the median of the pairwise slopes: robust to spikes and odd steps),
 and growth must go on in the later half of the points: memory that rises and then plateaus
 (warm-up, lazily created optimizer state, a cache that fills up) is not growth.
-- Exact evidence, preferred: the holder's own bytes, measured after it was named (any mode), and
-  `timeline.series` of end-of-step bytes when every step is exact (CUDA allocator, `--exact`),
-  after the warm-up steps. When one of them is there, it decides.
+- Exact evidence, preferred: the holders' own bytes, measured after each was named (any mode),
+  and `timeline.series` of end-of-step bytes when every step is exact (CUDA allocator,
+  `--exact`), after the warm-up steps. When one of them is there, it decides. Their floor (the
+  lowest bytes from each point on) must rise too: a list emptied every epoch rises within each
+  epoch and falls back; growth in one jump an epoch raises the floor at every jump.
 - Sampled CPU runs otherwise: one line's bytes growing from exact step to exact step (a tensor
   re-allocated bigger), or survivors: storages created at exact steps and alive two steps or
   more later, from at least three steps, half of them or more and one of the latest two. A leak
   leaves them step after step; warm-up only at the first steps.
-A retained-graph finding that explains the growth takes precedence.
+Each growing holder is a finding at the statement that stores into it (holders stored by one
+statement, one finding); one whose tensors carry autograd graphs is a `retained-graph`, told as
+the graph probe tells one. A retained-graph finding that explains the growth takes precedence.
 """
 from __future__ import annotations
 
@@ -22,6 +26,7 @@ from dataclasses import dataclass
 from ...report.model import Finding, Location, Remedy
 from ...sizes import format_bytes
 from ...core.timeline import Timeline
+from . import retained_graph
 
 WARMUP = 3  # steps left out of the series: optimizer state, caches, first batches
 MIN_RATE = 1024  # bytes per step worth reporting
@@ -48,27 +53,76 @@ def detect(timeline: Timeline) -> list[Finding]:
     event = next((e for e in timeline.events if e["kind"] == "survivors"), None)
     if event is None:
         return []
-    holder = fit([(p[0], p[1]) for p in event.get("holder_series", [])], min_points=3, min_span=2)
+    holders = _holders(event)
+    measured = [(h, fit([(p[0], p[1]) for p in h.get("holder_series", [])], min_points=3, min_span=2))
+                for h in holders]
     series = fit([p for p in timeline.series if p[0] >= WARMUP]) if event.get("all_exact") else None
-    # A holder named late in a run has a short series: it must rise at nearly every point (a
-    # pool that fills slowly and stops is not growth).
-    holder_grows = holder is not None and holder.grows(holder.last) and (
-        len(event.get("holder_series", [])) >= SHORT or holder.steady >= 0.75) and not _fixed_length(event)
-    if holder is not None or series is not None:
-        if holder_grows:
-            rate = holder.slope
-        elif series is not None and series.grows(series.slope * series.span):
-            rate = series.slope
-        else:
+    growing = [(h, f.slope) for h, f in measured if f is not None and _holder_grows(h, f)]
+    if growing:
+        return _by_statement(timeline, event, growing)
+    if any(f is not None for _, f in measured) or series is not None:
+        if series is None or not series.grows(series.slope * series.span) or not _floor_rises(
+                [p for p in timeline.series if p[0] >= WARMUP]):
             return []
+        rate, record = series.slope, None
     else:
         site = best_site(event)
         rate = site.slope if site is not None and site.grows(site.slope * site.span) else survivor_rate(event)
         if not rate:
             return []
+        record = {}  # the event's own holder fields, if any
     if _explained_by_retained_graph(timeline, rate):
         return []
-    return [_finding(timeline, event, rate, named=holder_grows or holder is None)]
+    return [_finding(timeline, event, rate, record)]
+
+
+def _holders(event: dict) -> list[dict]:
+    """Every holder the probe named and measured (the first is also the event's own)."""
+    if event.get("holders"):
+        return event["holders"]
+    if event.get("holder_series"):
+        return [{k: event.get(k) for k in ("holder", "holder_series", "allocation", "location", "before",
+                                           "after", "method")}]
+    return []
+
+
+def _holder_grows(holder: dict, f: Fit) -> bool:
+    """A holder named late in a run has a short series: it must rise at nearly every point (a
+    pool that fills slowly and stops is not growth). Its lowest bytes from each point on must
+    rise too: a list emptied every epoch rises within each epoch, but falls back."""
+    series = holder.get("holder_series", [])
+    return (f.grows(f.last) and (len(series) >= SHORT or f.steady >= 0.75) and not _fixed_length(holder)
+            and _floor_rises([(p[0], p[1]) for p in series]))
+
+
+def _by_statement(timeline: Timeline, event: dict, growing: list[tuple[dict, float]]) -> list[Finding]:
+    """One finding per statement: holders stored by the same line (the same list on two layers)
+    are one bug, their rates summed."""
+    findings: dict[tuple, tuple[dict, float]] = {}
+    for holder, rate in growing:
+        where = holder.get("location") or holder.get("allocation") or _top_site(event) or {}
+        key = (where.get("file"), where.get("line"))
+        first, total = findings.get(key, (holder, 0.0))
+        findings[key] = (first, total + rate)
+    out = []
+    for holder, rate in findings.values():
+        if _explained_by_retained_graph(timeline, rate, holder.get("location")):
+            continue
+        out.append(_graph_finding(timeline, holder, rate) if holder.get("graph") else
+                   _finding(timeline, event, rate, holder))
+    return out
+
+
+def _floor_rises(points: list[tuple[int, int]]) -> bool:
+    """The lowest bytes from each point on (the floor a leak raises and an emptied list returns
+    to) rise over the later half of the points too. Spikes above it do not count, nor does
+    growth in one jump every few steps: the floor rises at each jump."""
+    floor, low = [], None
+    for step, nbytes in reversed(points):
+        low = nbytes if low is None else min(low, nbytes)
+        floor.append((step, low))
+    f = fit(floor[::-1], min_points=3, min_span=2)
+    return f is not None and f.rising()
 
 
 def fit(points: list[tuple[int, int]], min_points: int = 6, min_span: int = 8) -> Fit | None:
@@ -113,12 +167,46 @@ def _fixed_length(event: dict) -> bool:
     return len(lengths) >= 4 and len(set(lengths[len(lengths) // 2:])) == 1
 
 
-def _explained_by_retained_graph(timeline: Timeline, rate: float) -> bool:
+def _explained_by_retained_graph(timeline: Timeline, rate: float, location: dict | None = None) -> bool:
+    """A retained graph the graph probe found explains the growth (or, for a holder, was found
+    at its statement)."""
     return any(e["kind"] == "retained-graph" and not e.get("provisional")
-               and e.get("bytes_per_step", 0) >= 0.5 * rate for e in timeline.events)
+               and (e.get("bytes_per_step", 0) >= 0.5 * rate or location is not None and _same_line(
+                   e.get("location"), location)) for e in timeline.events)
 
 
-def _finding(timeline: Timeline, event: dict, rate: float, named: bool) -> Finding:
+def _same_line(a: dict | None, b: dict | None) -> bool:
+    return bool(a and b) and (a.get("file"), a.get("line")) == (b.get("file"), b.get("line"))
+
+
+def _graph_finding(timeline: Timeline, holder: dict, rate: float) -> Finding:
+    """A growing holder whose tensors carry their autograd graphs keeps every step's graph: a
+    retained graph, told as the graph probe tells one (which saw none: inner modules' outputs,
+    a hook's list, are marked on sampled steps only)."""
+    series = holder.get("holder_series") or []
+    graph = holder["graph"]
+    steps = timeline.steps()
+    last = steps[-1].index if steps else (series[-1][0] if series else 0)
+    first = series[0][0] if series else last
+    event = {"holder": holder.get("holder"), "location": holder.get("location") or holder.get("allocation"),
+             "before": holder.get("before"), "after": holder.get("after"), "method": holder.get("method"),
+             "container": True, "clock": "step", "steps_alive": max(1, last - first + 1),
+             "bytes": series[-1][1] if series else 0, "bytes_per_step": int(rate),
+             # Steps ran backward() through what a training step kept (a hook's list of a layer's
+             # outputs): what is left of each graph is its nodes. The graph probe tells apart
+             # graphs no backward reached (evaluation with grad on): it marks every root forward.
+             "backward": True, "nodes": graph.get("nodes", 0),
+             "forward_site": None, "provisional": False, "detected_at": first}
+    finding = retained_graph._finding(event)  # told in its words; its event, from the growth probe
+    finding.evidence.update(holder_series=series, source="growth")
+    return finding
+
+
+def _finding(timeline: Timeline, event: dict, rate: float, record: dict | None) -> Finding:
+    """`record`: the holder that grows (a dict of the probe's holder fields; {} for the event's
+    own, if any) or None when no holder explains the growth."""
+    named = record is not None
+    event = {**event, **(record or {})}
     steps = timeline.steps()
     last = steps[-1] if steps else None
     capacity, source = event.get("capacity"), event.get("capacity_source")
