@@ -8,6 +8,7 @@ that fills up) gets no finding of these kinds.
 """
 from __future__ import annotations
 
+import collections
 import inspect
 import json
 import subprocess
@@ -381,6 +382,140 @@ def test_a_dict_filled_with_a_variable_key_matches_by_structure():
     [f] = ours(train())
     assert f.kind == "retained-graph" and f.evidence["holder"].startswith("total_loss[")
     assert f.location.line == line_of(train, "total_loss[name] += value")
+
+
+class Summary:
+    """pytorch-pfn-extras style: an online mean, deep inside a manager's extensions."""
+
+    def __init__(self):
+        self._x = 0.0
+
+    def add(self, value):
+        self._x += value
+
+
+class DictSummary:
+    def __init__(self):
+        self._summaries = collections.defaultdict(Summary)
+
+
+class LogReport:
+    def __init__(self):
+        self._summary = DictSummary()
+
+    def __call__(self, observation):
+        for key, value in observation.items():
+            self._summary._summaries[key].add(value)
+
+
+class ExtensionsManager:
+    def __init__(self, extensions):
+        self.extensions = list(extensions)
+
+    def observe(self, observation):
+        for extension in self.extensions:
+            extension(observation)
+
+
+def test_a_holder_six_steps_below_a_variable_is_found_and_located():
+    # manager.extensions[0]._summary._summaries['loss']._x: below the shallow search's depth.
+    def train():
+        model = mlp()
+        opt = torch.optim.SGD(model.parameters(), lr=0.01)
+        manager = ExtensionsManager([LogReport()])
+        with oomdoctor.track(quiet=True) as session:
+            for _ in range(8):
+                loss = model(batch()[0]).pow(2).mean()
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+                manager.observe({"loss": loss})
+        return session.report()
+
+    [f] = ours(train())
+    assert f.kind == "retained-graph"
+    assert f.evidence["holder"] == "manager.extensions[0]._summary._summaries['loss']._x"
+    assert f.location.line == line_of(Summary.add, "self._x += value")
+
+
+class SyncFreeStats:
+    """NVIDIA's BERT pretraining: device-side statistics reached through an accessor."""
+
+    def __init__(self):
+        self.device_stats = {}
+
+    def add_stat(self, name, device_tensor):
+        self.device_stats[name] = device_tensor
+
+    def device_stat(self, name):
+        assert self.device_stats[name] is not None
+        return self.device_stats[name]
+
+
+def take_training_step(model, x, stats):
+    loss = model(x).pow(2).mean()
+    stats.device_stat("average_loss").add_(loss)
+    loss.backward()
+
+
+def test_an_in_place_add_through_an_accessor_in_a_helper_is_the_line():
+    # The holder is named from the loop's `stats`; the add_ is in a helper that takes `stats`,
+    # through `device_stat(name)`, which returns `self.device_stats[name]`.
+    def train():
+        model = mlp()
+        opt = torch.optim.SGD(model.parameters(), lr=0.01)
+        stats = SyncFreeStats()
+        stats.add_stat("average_loss", torch.zeros(1))
+        with oomdoctor.track(quiet=True) as session:
+            for _ in range(8):
+                take_training_step(model, batch()[0], stats)
+                opt.step()
+                opt.zero_grad()
+        return session.report()
+
+    [f] = ours(train())
+    assert f.kind == "retained-graph" and f.evidence["holder"] == "stats.device_stats['average_loss']"
+    assert f.location.line == line_of(take_training_step, ".add_(loss)")
+    # In place into a tensor: the fix keeps a tensor (as the upstream fix did), not `.item()`.
+    assert f.remedies[0].after == 'stats.device_stat("average_loss").add_(loss.detach())'
+
+
+class AnchorGenerator(nn.Module):
+    """torchvision's anchor cache: one entry per image size, in a private dict."""
+
+    def __init__(self):
+        super().__init__()
+        self.proj = nn.Linear(16, 4)
+        self._cache = {}
+
+    def grid_anchors(self, n):
+        grid = torch.arange(n * 1024, dtype=torch.float32).view(n, 1024)
+        return [grid * 2, grid + 1]
+
+    def forward(self, x, size):
+        key = (size, 1024)
+        if key not in self._cache:
+            anchors = self.grid_anchors(size)
+            self._cache[key] = anchors
+        return self.proj(x)
+
+
+def test_growth_in_a_private_dict_keyed_by_size_is_located_at_the_store():
+    # Each entry stays as stored: what grows is the dict, a key at a time; the line to fix is the
+    # store into it, not grid_anchors' line that creates the tensors.
+    torch.manual_seed(0)
+    model = AnchorGenerator()
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    with oomdoctor.track(quiet=True, device="cpu") as session:
+        for step in range(40):
+            loss = model(batch()[0], 16 + step).pow(2).mean()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    [f] = ours(session.report())
+    assert f.kind == "memory-growth" and f.evidence["holder"] == "AnchorGenerator._cache"
+    assert f.location.line == line_of(AnchorGenerator.forward, "self._cache[key] = anchors")
+    assert f.evidence["allocation"]["line"] == line_of(AnchorGenerator.grid_anchors, "return [grid")
 
 
 class Net:

@@ -5,9 +5,14 @@ tensors, named as the user would write them.
 user can name: the frames' variables (innermost frame first), then the globals of their modules
 and the user's modules imported there. It follows attributes of the user's objects
 (`self.model.fake_pool.images`), dict keys (`aggregators['train']['loss'].sum`), the first and
-last items of lists, a model's submodules (named `Class.attr`, as in `Encoder.bank`), the hooks
-registered on them, and the cells of closures (named by the free variable, as in the function
-that stores into it). It keeps those holding a tensor that `matches`.
+last items of lists, a model's submodules (named `Class.attr`, as in `Encoder.bank`; their
+private attributes too where the class is the user's, as a `self._cache`), the hooks registered
+on them, and the cells of closures (named by the free variable, as in the function that stores
+into it). It keeps those holding a tensor that `matches`. Objects below `MAX_DEPTH` are searched
+afterwards, down to `DEEP_DEPTH` with a budget of their own (`DEEP_BUDGET`): a holder behind a
+manager, its list of extensions and a dict of summaries is found without changing what the
+shallow search finds. Matching items under keys of a dict keyed by data (`cache[key] = out`, a
+key that is not a string) are one holder, the dict: it is what grows, one key at a time.
 
 Each holder also lists where a statement that stores into it may be written (`scopes`): the
 frame's function under the name found, each user class met on the way under `self.<rest>`, the
@@ -30,13 +35,20 @@ from .frames import is_user_file
 SCAN_ITEMS = 200  # variables, attributes or dict items looked at per object
 BUDGET = 20_000  # objects one search may visit
 MAX_DEPTH = 5  # steps below a variable
+DEEP_DEPTH = 8  # steps below a variable searched after the rest, with DEEP_BUDGET objects
+DEEP_BUDGET = 10_000
 Step = tuple[str, Any]  # ("name" | "attr" | "key" | "cell", value)
 # Where a statement may store into a holder, and the access path it uses there (steps from a
 # name): ("code", code object, path): that function; ("class", type, path): its methods;
 # ("file", filename, path): the file's top level; ("module", filename, path): the file, also in
-# functions where the name is global.
+# functions where the name is global; ("params", filename, path): the file's functions that take
+# a parameter of the path's first name (the object handed down: `take_step(..., stats)`).
 Scope = tuple[str, Any, tuple]
 _HOOKS = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks")
+# What nn.Module keeps in every instance's __dict__ (parameters, buffers, submodules, hooks):
+# searched otherwise, or torch's; the user's own private attributes are searched.
+_MODULE_STATE = frozenset(vars(torch.nn.Module())) | {"_compiled_call_impl"}
+_SELF_NAMES = ("self", "cls")  # every method has one: the class scopes cover them
 
 
 @dataclass
@@ -59,6 +71,7 @@ class _Node:
     scopes: list[Scope]
     value: Any
     depth: int
+    parent: "_Node | None" = None  # the dict this node is an item of
 
 
 def find_holders(frames: list[types.FrameType], matches: Callable[[torch.Tensor], bool],
@@ -66,27 +79,71 @@ def find_holders(frames: list[types.FrameType], matches: Callable[[torch.Tensor]
     """Holders reachable from the frames and the user's modules that hold a tensor for which
     `matches` holds. Each object is reported once, under the shortest name found first."""
     seen: set[int] = set()
-    found: list[Holder] = []
+    found: list[tuple[Holder, _Node]] = []
     memo: dict[int, bool] = {}
-    spent = [0]
+    deep: list[tuple[Any, types.FrameType | None, _Node]] = []  # below MAX_DEPTH: searched last
 
     def test(t: torch.Tensor) -> bool:
         if id(t) not in memo:
             memo[id(t)] = bool(matches(t))
         return memo[id(t)]
 
-    for root, frame, start in _roots(frames):
-        queue = collections.deque(start)
-        while queue and spent[0] < budget:
+    def search(queue: collections.deque, root: Any, frame: types.FrameType | None, spent: int, limit: int,
+               shallow: bool) -> int:
+        while queue and spent < limit:
             node = queue.popleft()
-            spent[0] += 1
+            if shallow and node.depth > MAX_DEPTH:
+                if len(deep) < DEEP_BUDGET:
+                    deep.append((root, frame, node))
+                continue
+            spent += 1
             holder = _visit(node, root, frame, seen, queue)
             if holder is not None:
                 hits = [t for t in holder.tensors if test(t)]
                 if hits:
                     holder.tensors = hits
-                    found.append(holder)
-    return found
+                    found.append((holder, node))
+        return spent
+
+    spent = 0
+    for root, frame, start in _roots(frames):
+        spent = search(collections.deque(start), root, frame, spent, budget, True)
+    # Deeper, once the shallow search is done (what it found comes first, unchanged), root by root.
+    shallow_found, spent, i = len(found), 0, 0
+    while i < len(deep) and spent < DEEP_BUDGET:
+        root, frame, _ = deep[i]
+        j = i
+        while j < len(deep) and deep[j][0] is root and deep[j][1] is frame:
+            j += 1
+        spent = search(collections.deque(node for _, _, node in deep[i:j]), root, frame, spent, DEEP_BUDGET, False)
+        i = j
+    return _by_dict(found[:shallow_found]) + _by_dict(found[shallow_found:])
+
+
+def _by_dict(found: list[tuple[Holder, _Node]]) -> list[Holder]:
+    """Items of a dict keyed by data (a key that is not a string: `cache[(h, w)] = anchors`), or
+    two items or more of a dict with many keys, become one holder: the dict, which grows a key at
+    a time where each item stays as it was stored. Dicts of named fields (`history['logits']`)
+    keep their items: those are what grows."""
+    groups: dict[int, list[int]] = {}
+    for i, (_, node) in enumerate(found):
+        parent = node.parent
+        if parent is not None and isinstance(parent.value, dict):
+            groups.setdefault(id(parent.value), []).append(i)
+    merged: dict[int, Holder] = {}  # index of the first item -> the dict's holder
+    dropped: set[int] = set()
+    for members in groups.values():
+        holder, node = found[members[0]]
+        parent = node.parent
+        assert parent is not None
+        keyed_by_data = any(not isinstance(key, str) for key in list(parent.value)[:SCAN_ITEMS])
+        if not keyed_by_data and not (len(parent.value) > 8 and len(members) >= 2):
+            continue
+        tensors = [t for i in members for t in found[i][0].tensors]
+        merged[members[0]] = Holder(parent.name, (holder.locator[0], parent.steps), holder.frame, parent.value,
+                                    tensors, True, parent.scopes)
+        dropped.update(members[1:])
+    return [merged.get(i, holder) for i, (holder, _) in enumerate(found) if i not in dropped]
 
 
 def _roots(frames: list[types.FrameType]) -> list[tuple[Any, types.FrameType | None, list[_Node]]]:
@@ -104,6 +161,8 @@ def _roots(frames: list[types.FrameType]) -> list[tuple[Any, types.FrameType | N
             pattern = (("name", name),)
             scopes: list[Scope] = [("module", code.co_filename, pattern)] if module_frame else [
                 ("code", code, pattern), ("file", code.co_filename, pattern)]
+            if name not in _SELF_NAMES:  # handed down to a helper under the same name, last
+                scopes.append(("params", code.co_filename, pattern))
             nodes.append(_Node(name, (("name", name),), scopes, value, 0))
         roots.append((code, frame, nodes))
     for frame in frames:
@@ -134,7 +193,7 @@ def _visit(node: _Node, root: Any, frame: types.FrameType | None, seen: set[int]
         if tensors:
             return Holder(node.name, (root, node.steps), frame, value, tensors, True, node.scopes)
         n = len(value)
-        for i in (range(n) if n <= 8 else (0, 1, 2, 3, n - 4, n - 3, n - 2, n - 1)) if node.depth < MAX_DEPTH else ():
+        for i in (range(n) if n <= 8 else (0, 1, 2, 3, n - 4, n - 3, n - 2, n - 1)) if node.depth < DEEP_DEPTH else ():
             _push(queue, node, f"[{i}]", ("key", i), value[i])
         return None
     if isinstance(value, dict):
@@ -143,10 +202,10 @@ def _visit(node: _Node, root: Any, frame: types.FrameType | None, seen: set[int]
             # Many tensors under many keys: the dict itself is what grows (`cache[key] = out`).
             return Holder(node.name, (root, node.steps), frame, value, _tensors_in([v for _, v in items]), True,
                           node.scopes)
-        for key, item in items if node.depth < MAX_DEPTH else []:
-            _push(queue, node, f"[{key!r}]", ("key", key), item)
+        for key, item in items if node.depth < DEEP_DEPTH else []:
+            _push(queue, node, f"[{key!r}]", ("key", key), item, parent=node)
         return None
-    if node.depth >= MAX_DEPTH:
+    if node.depth >= DEEP_DEPTH:
         return None
     if isinstance(value, torch.nn.Module):
         _push_module(queue, node, value)
@@ -168,7 +227,7 @@ def _visit(node: _Node, root: Any, frame: types.FrameType | None, seen: set[int]
 
 
 def _push(queue: collections.deque, node: _Node, suffix: str, step: Step, item: Any,
-          extra: list[Scope] | None = None, rename: str | None = None) -> None:
+          extra: list[Scope] | None = None, rename: str | None = None, parent: _Node | None = None) -> None:
     """Queue `item`, reached from `node` by `step`; `extra` scopes start at this step (a
     module's global starts as a name there)."""
     scopes = [(kind, where, _extend(pattern, step)) for kind, where, pattern in (extra or []) + node.scopes]
@@ -176,7 +235,7 @@ def _push(queue: collections.deque, node: _Node, suffix: str, step: Step, item: 
         name, scopes = rename, [("class", type(item), (("name", "self"),))]
     else:
         name = node.name + suffix
-    queue.append(_Node(name, node.steps + (step,), scopes, item, node.depth + 1))
+    queue.append(_Node(name, node.steps + (step,), scopes, item, node.depth + 1, parent))
 
 
 def _extend(pattern: tuple, step: Step) -> tuple:
@@ -191,7 +250,10 @@ def _push_module(queue: collections.deque, node: _Node, module: torch.nn.Module)
             return
         cls = type(sub)
         steps = node.steps + tuple(("attr", part) for part in sub_name.split(".") if part)
-        attrs = [(k, v) for k, v in _items(vars(sub)) if not k.startswith("_")]
+        # Private attributes of the user's own classes too (`self._cache = {}`), not torch's.
+        private = _users_class(cls)
+        attrs = [(k, v) for k, v in _items(vars(sub))
+                 if not k.startswith("_") or private and k not in _MODULE_STATE]
         attrs += [(k, v) for k, v in sub._buffers.items() if v is not None]
         for attr, item in attrs:
             scopes: list[Scope] = [("class", cls, (("name", "self"), ("attr", attr)))]

@@ -7,13 +7,17 @@ inside the functions that use the global. Statements match by structure, not tex
 the same attribute chain, and a subscript with any key where the holder went through a dict
 (`total_loss[loss_name] += value` stores into `total_loss['Loss/BoxLoss']`); a constant key must
 be the holder's. Accumulating statements (`+=`, `.append`, `x = x + ...`,
-`x = torch.cat([x, ...])`, `d[k] = ...`) in a loop win over plain stores; a store of an empty or
-constant value (`losses = []`) never attaches a graph and is never the answer. The fix attaches
-`.item()`, `.detach()` or `.cpu()` to what brings the tensor in, keeping the user's formatting.
+`x = torch.cat([x, ...])`, `d[k] = ...`, an in-place `x.add_(loss)`) in a loop win over plain
+stores (`x = ...`, `x.copy_(y)`); a store of an empty or constant value (`losses = []`) never
+attaches a graph and is never the answer. A holder is also reached through an accessor of its
+class, a method that returns it (`stats.device_stat('average_loss').add_(loss)` with
+`def device_stat(self, name): return self.device_stats[name]`). The fix attaches `.item()`,
+`.detach()` or `.cpu()` to what brings the tensor in, keeping the user's formatting.
 """
 from __future__ import annotations
 
 import ast
+import functools
 import linecache
 import sys
 from dataclasses import dataclass
@@ -22,6 +26,11 @@ from typing import Any, Iterator
 from .holders import Holder
 
 _ACCUMULATE = ("append", "extend", "insert", "appendleft", "add", "update", "setdefault")
+# In-place tensor methods that bring their arguments' graphs into the tensor: on top of what it
+# had (accumulating), or in place of it.
+_INPLACE_ACCUMULATE = ("add_", "sub_", "mul_", "div_", "true_divide_", "addcmul_", "addcdiv_", "lerp_",
+                       "addmm_", "addmv_", "addbmm_", "baddbmm_", "addr_")
+_INPLACE_STORE = ("copy_", "set_")
 _CONCAT = ("cat", "concat", "concatenate", "stack", "vstack", "hstack", "row_stack")
 _BUILTIN_TYPES = ("list", "dict", "set", "tuple", "float", "int")
 _LIBRARIES = ("torch", "np", "numpy", "collections", "math")
@@ -49,10 +58,12 @@ def attach_statement(holder: Holder, method: str) -> Attach | None:
     concatenated or stored whole rather than added up.
     """
     best: tuple[int, Attach] | None = None
+    accessors = _accessors(holder)
     for filename, node, path, descend in _scopes(holder):
-        found = _search(node, path, filename, method, descend)
-        if found is not None and (best is None or found[0] < best[0]):
-            best = found
+        for variant in [path, *_through_accessors(path, accessors)]:
+            found = _search(node, variant, filename, method, descend)
+            if found is not None and (best is None or found[0] < best[0]):
+                best = found
     return best[1] if best is not None else None
 
 
@@ -66,16 +77,103 @@ def _scopes(holder: Holder) -> Iterator[tuple[str, ast.AST, tuple, bool]]:
             for filename, methods in _class_scopes(where):
                 for method in methods:
                     yield filename, method, path, False
+        elif kind == "params":
+            tree = _parse(where)
+            for function in ast.walk(tree) if tree is not None else ():
+                if isinstance(function, (ast.FunctionDef, ast.AsyncFunctionDef)) and path[0][1] in _params(function):
+                    yield where, function, path, False
         else:
             tree = _parse(where)
             if tree is not None:
                 yield where, tree, path, kind == "module"
 
 
+def _params(function: ast.FunctionDef | ast.AsyncFunctionDef) -> list[str]:
+    args = function.args
+    return [a.arg for a in args.posonlyargs + args.args + args.kwonlyargs + [args.vararg, args.kwarg] if a]
+
+
+# An accessor: (the steps below `self` it returns, the index of the parameter that is its key or
+# None): `def device_stat(self, name): return self.device_stats[name]` -> ((attr, device_stats),
+# (key, _ANY)), 0.
+Accessor = tuple[tuple, "int | None"]
+
+
+def _accessors(holder: Holder) -> list[tuple[int, dict[str, Accessor]]]:
+    """The accessor methods of the user's classes met on the way to the holder, each with how
+    many steps below an object of the class the holder lies."""
+    found: list[tuple[int, dict[str, Accessor]]] = []
+    for kind, cls, pattern in holder.scopes:
+        if kind != "class":
+            continue
+        methods: dict[str, Accessor] = {}
+        for _, functions in _class_scopes(cls):
+            for function in functions:
+                accessor = _accessor(function)
+                if accessor is not None:
+                    methods.setdefault(function.name, accessor)
+        if methods:
+            found.append((len(pattern) - 1, methods))
+    return found
+
+
+def _accessor(function: ast.AST) -> Accessor | None:
+    """What a method returns of `self`, if its body (asserts and a docstring aside) is just
+    `return self.<attrs and keys>`."""
+    body = [stmt for stmt in function.body if not isinstance(stmt, ast.Assert)
+            and not (isinstance(stmt, ast.Expr) and isinstance(stmt.value, ast.Constant))]
+    if len(body) != 1 or not isinstance(body[0], ast.Return) or body[0].value is None:
+        return None
+    params = _params(function)[1:]  # without self
+    steps: list[tuple[str, Any]] = []
+    key_param = None
+    node = body[0].value
+    while isinstance(node, (ast.Attribute, ast.Subscript)):
+        if isinstance(node, ast.Attribute):
+            steps.append(("attr", node.attr))
+        else:
+            key = node.slice
+            if isinstance(key, ast.Constant):
+                steps.append(("key", key.value))
+            else:
+                if isinstance(key, ast.Name) and key.id in params and key_param is None:
+                    key_param = params.index(key.id)
+                steps.append(("key", _ANY))
+        node = node.value
+    if not (isinstance(node, ast.Name) and node.id == "self") or not steps:
+        return None
+    return tuple(steps[::-1]), key_param
+
+
+def _through_accessors(path: tuple, accessors: list[tuple[int, dict[str, Accessor]]]) -> list[tuple]:
+    """`path` with the steps an accessor returns replaced by a call to it: the holder
+    `stats.device_stats['average_loss']` is also `stats.device_stat('average_loss')`."""
+    variants = []
+    for depth, methods in accessors:
+        start = len(path) - depth  # where the path reaches the object of the accessor's class
+        if start < 1:
+            continue
+        for name, (steps, key_param) in methods.items():
+            below = path[start:start + len(steps)]
+            if len(below) < len(steps) or not all(kind == want_kind and (want is _ANY or value == want)
+                                                  for (kind, value), (want_kind, want) in zip(below, steps)):
+                continue
+            # The argument that is the accessor's key: the holder's key at that step.
+            keys = [value for (_, want), (_, value) in zip(steps, below) if want is _ANY]
+            argument = keys[0] if key_param is not None and keys else _ANY
+            variants.append(path[:start] + (("call", (name, key_param, argument)),) + path[start + len(steps):])
+    return variants
+
+
 def _parse(filename: str) -> ast.Module | None:
     source = "".join(linecache.getlines(filename))
-    if not source:
-        return None
+    return _parse_source(source) if source else None
+
+
+@functools.lru_cache(maxsize=16)
+def _parse_source(source: str) -> ast.Module | None:
+    # One parse per file and attribution: every holder's scopes (its function, the file, the
+    # functions that take it, its classes and their accessors) read the same few files.
     try:
         return ast.parse(source)
     except (SyntaxError, ValueError):
@@ -118,7 +216,9 @@ def _search(scope: ast.AST, path: tuple, filename: str, method: str, descend: bo
         wrapped, accumulating = parts
         rank = (0 if accumulating else 2) + (0 if in_loop else 1)
         if best is None or rank < best[0]:
-            fix = ".detach()" if method == ".item()" and (not accumulating or _is_concat(stmt)) else method
+            # A tensor updated in place keeps a tensor: `add_(loss.detach())`, as `.item()` syncs.
+            fix = ".detach()" if method == ".item()" and (not accumulating or _is_concat(stmt) or _is_inplace(stmt)) \
+                else method
             best = (rank, stmt.lineno, stmt, wrapped, fix, accumulating)
     if best is None:
         return None
@@ -178,6 +278,11 @@ def _attached_parts(stmt: ast.stmt, path: tuple) -> tuple[list[ast.expr], bool] 
         if isinstance(func, ast.Attribute) and func.attr in _ACCUMULATE and _same(func.value, path) and call.args:
             arg = call.args[-1] if func.attr == "insert" else call.args[0]
             return _elements(arg) if func.attr in ("extend", "update") else [arg], True
+        if isinstance(func, ast.Attribute) and func.attr in _INPLACE_ACCUMULATE + _INPLACE_STORE \
+                and _same(func.value, path):
+            # `x.add_(loss)`: the tensor `x` now carries `loss`'s graph; `x.mul_(0.9)` brings none.
+            parts = [arg for arg in call.args if not _blank(arg)]
+            return (parts, func.attr in _INPLACE_ACCUMULATE) if parts else None
         if isinstance(func, ast.Attribute) and func.attr == "append" and isinstance(func.value, ast.Call):
             inner = func.value.func  # d.setdefault(k, []).append(v)
             if isinstance(inner, ast.Attribute) and inner.attr == "setdefault" and _same(inner.value, path):
@@ -226,7 +331,13 @@ def _chain(node: ast.expr) -> list[tuple[str, Any]] | None:
     """`a.b[k].c` as [("name", "a"), ("attr", "b"), ("key", k | _ANY), ("attr", "c")]."""
     steps: list[tuple[str, Any]] = []
     while True:
-        if isinstance(node, ast.Attribute):
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute):
+            if _inplace(node.func.attr):  # `x.mul_(0.9)` is `x`
+                node = node.func.value
+                continue
+            steps.append(("call", (node.func.attr, node.args, node.keywords)))
+            node = node.func.value
+        elif isinstance(node, ast.Attribute):
             steps.append(("attr", node.attr))
             node = node.value
         elif isinstance(node, ast.Subscript):
@@ -244,8 +355,26 @@ def _same(node: ast.expr, path: tuple) -> bool:
     chain = _chain(node)
     if chain is None or len(chain) != len(path):
         return False
-    return all(kind == want_kind and (value is _ANY or value == want)
+    return all(kind == want_kind and (_called(value, want) if kind == "call" else value is _ANY or value == want)
                for (kind, value), (want_kind, want) in zip(chain, path))
+
+
+def _called(call: tuple, want: tuple) -> bool:
+    """A call `(name, args, keywords)` of an accessor `(name, key parameter, key)`: the same
+    method, and the argument passed as its key is the holder's key where it is a constant."""
+    name, args, _ = call
+    want_name, key_param, key = want
+    if name != want_name:
+        return False
+    if key_param is None or key is _ANY or key_param >= len(args):
+        return True
+    argument = args[key_param]
+    return not isinstance(argument, ast.Constant) or argument.value == key
+
+
+def _inplace(name: str) -> bool:
+    """A tensor method that works in place and returns the tensor (`add_`, `mul_`, `zero_`)."""
+    return name.endswith("_") and not name.startswith("_")
 
 
 def _mentions(node: ast.AST, path: tuple) -> bool:
@@ -278,6 +407,11 @@ def _is_concat_call(node: ast.AST) -> bool:
     return isinstance(node, ast.Call) and (
         (isinstance(node.func, ast.Attribute) and node.func.attr in _CONCAT)
         or (isinstance(node.func, ast.Name) and node.func.id in _CONCAT))
+
+
+def _is_inplace(stmt: ast.stmt) -> bool:
+    return isinstance(stmt, ast.Expr) and isinstance(stmt.value, ast.Call) and \
+        isinstance(stmt.value.func, ast.Attribute) and stmt.value.func.attr in _INPLACE_ACCUMULATE + _INPLACE_STORE
 
 
 def _is_concat(stmt: ast.stmt) -> bool:
