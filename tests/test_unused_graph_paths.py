@@ -3,7 +3,9 @@ on real PyTorch loops under `oomdoctor.track()`:
 - a DQN's target network run through the online network's helper (the helper's module line is
   back-propagated for the online network; the target's call must be reported at its own line);
 - a distiller's teacher run through a method of its own (`teacher.features(x)`, no `__call__`)
-  inside the back-propagated forward, after a pre-training phase longer than the warm-up.
+  inside the back-propagated forward, after a pre-training phase longer than the warm-up;
+- an evaluation running a seq2seq model's submodules through its own methods (`model.translate`),
+  and a decoder run through its owner's `decode`, only on steps the per-op view skips.
 """
 from __future__ import annotations
 
@@ -195,3 +197,107 @@ def test_a_checkpointed_blocks_recomputation_in_backward_is_not_an_unused_graph(
             loss.backward()
             opt.step()
     assert no_grad_findings(session) == []
+
+
+# -- submodules run through the model's own methods, on steps the per-op view skips --------------
+class Seq2Seq(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.emb = nn.Embedding(20, 16)
+        self.enc = nn.GRU(16, 32, batch_first=True)
+        self.cell = nn.GRUCell(16, 32)
+        self.out = nn.Linear(32, 20)
+
+    def forward(self, inp, out):
+        state = self.encode(inp)
+        logits = []
+        for i in range(out.shape[1]):
+            state, step_logits = self.decode_step(state, out[:, i])
+            logits.append(step_logits)
+        return torch.stack(logits, 1)
+
+    def encode(self, inp):
+        return self.enc(self.emb(inp))[1][0]
+
+    def decode_step(self, state, tokens):
+        state = self.cell(self.emb(tokens), state)
+        return state, self.out(state)
+
+    def translate(self, inp, steps: int = 6):
+        state, tokens, result = self.encode(inp), torch.zeros(len(inp), dtype=torch.int64), []
+        for _ in range(steps):
+            state, logits = self.decode_step(state, tokens)
+            tokens = logits.argmax(-1)
+            result.append(tokens)
+        return torch.stack(result, 1)
+
+
+def score(model, inp, no_grad: bool):
+    if no_grad:
+        with torch.no_grad():
+            return model.translate(inp).float().mean()
+    return model.translate(inp).float().mean()  # the evaluation's call
+
+
+def train_seq2seq(no_grad_eval: bool):
+    torch.manual_seed(0)
+    model = Seq2Seq()
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    with oomdoctor.track(quiet=True, device="cpu") as session:
+        for step in range(1, 25):
+            inp, out = torch.randint(0, 20, (8, 5)), torch.randint(0, 20, (8, 4))
+            loss = nn.functional.cross_entropy(model(inp, out).flatten(0, 1), out.flatten())
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            if step % 10 == 0:  # steps 10 and 20: neither is watched op by op
+                score(model, torch.randint(0, 20, (8, 5)), no_grad_eval)
+    return session
+
+
+def test_an_evaluation_through_the_models_own_methods_is_reported_at_the_call_into_the_model():
+    # The evaluation calls the embedding, the GRU, the cell and the head as root modules, from
+    # lines that training runs too (through model(...)): one finding, at the line outside the
+    # model that starts the evaluation, though it ran only on steps the per-op view skips.
+    session = train_seq2seq(no_grad_eval=False)
+    [f] = no_grad_findings(session)
+    assert f.location.line == line_of(score, "# the evaluation's call")
+
+
+def test_the_evaluation_under_no_grad_is_silent():
+    assert no_grad_findings(train_seq2seq(no_grad_eval=True)) == []
+
+
+class AutoEncoder(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.encoder = nn.Linear(16, 4)
+        self.decoder = nn.Sequential(nn.Linear(4, 64), nn.ReLU(), nn.Linear(64, 16))
+
+    def encode(self, x):
+        return self.encoder(x)
+
+    def decode(self, z):
+        return self.decoder(z)
+
+
+def test_a_decoder_first_run_on_a_step_the_per_op_view_skips_is_reported_at_the_callers_line():
+    torch.manual_seed(0)
+    model, vae = nn.Linear(4, 4), AutoEncoder()
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    with oomdoctor.track(quiet=True, device="cpu") as session:
+        for step in range(1, 25):
+            with torch.no_grad():
+                z = vae.encode(torch.randn(8, 16))
+            loss = model(z).pow(2).mean()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            if step % 10 == 0:
+                samples = vae.decode(z)  # the sampling's decode
+    # The decoder is a root module first called on step 10 (not watched op by op), through a
+    # method of its owner: reported at the line calling that method, where no_grad goes.
+    [f] = no_grad_findings(session)
+    test = test_a_decoder_first_run_on_a_step_the_per_op_view_skips_is_reported_at_the_callers_line
+    assert f.location.line == line_of(test, "# the sampling's decode")
+    assert f.evidence["module"] == "Sequential" and samples.grad_fn is not None

@@ -6,7 +6,13 @@ step and per top-level forward, never per op, per saved tensor or per module cal
   `torch.autograd.backward` (per backward pass), and forward hooks on the root modules found so far
   (per top-level forward);
 - on sampled steps only (`per_op(True)`): the ledger's dispatch mode (every op) and the global
-  module forward hooks (every module call), which find the root modules and show inner ones.
+  module forward hooks (every module call), which find the root modules and show inner ones;
+- on the other steps, between root forwards only: one global forward pre-hook (the watch), which
+  sees each top-level module call. A known root's call takes it out until the call returns (two
+  dict operations per top-level forward: inner module calls never see it); a module first called
+  at the top level on such a step (an evaluation every 20 steps running a model's submodules
+  through its own methods, a VAE's decoder run every 10 steps) becomes a root there, as it would
+  on a sampled step.
 The same set on every device: sampling decides, not the device.
 
 `torch.compile` compiles exactly what it compiles under python (core/compile.py). No saved-tensor
@@ -66,6 +72,9 @@ class HookSet:
         self._undo: list[Callable[[], None]] = []
         self._mode: LedgerMode | None = None
         self._global_handles_ever = False
+        self._watch_id: int | None = None  # the watch's key in the global pre-hook table
+        self._watch_pre: Callable[..., Any] | None = None
+        self._watched: torch.nn.Module | None = None  # a known root whose call the watch took
 
     # -- install and remove --------------------------------------------------------------------
     def install(self) -> None:
@@ -81,9 +90,14 @@ class HookSet:
         self._count_children()
         self._keep_hooks_out_of_copies()
         self._see_optimizers_made()
+        handle = torch.nn.modules.module.register_module_forward_pre_hook(self._on_watch_pre)
+        self._watch_id, self._watch_pre = handle.id, self._on_watch_pre
+        self._handles.append(handle)
+        self._watch(self._mode is None and self.depth == 0)
 
     def remove(self) -> None:
         self.per_op(False, force=True)
+        self._watch(False)
         for handle in self._handles + self._global_handles:
             handle.remove()
         for pre, post in self._roots.values():
@@ -204,6 +218,8 @@ class HookSet:
         tables = [mm._global_forward_pre_hooks, mm._global_forward_hooks,
                   getattr(mm, "_global_forward_hooks_always_called", {})]
         entries = [(table, h.id) for h in self._global_handles for table in tables]
+        if self._watch_id is not None:
+            entries.append((mm._global_forward_pre_hooks, self._watch_id))
         for pre, post in self._roots.values():
             for handle in (pre, post):
                 for ref in (handle.hooks_dict_ref, *handle.extra_dict_ref):
@@ -226,6 +242,7 @@ class HookSet:
         if not force and torch.is_inference_mode_enabled():
             return
         if on and self._mode is None:
+            self._watch(False)  # the global hooks see every call
             self._mode = LedgerMode(self.ledger, self.category_now)
             self._mode.__enter__()
             self._global_module_hooks(True)
@@ -237,6 +254,7 @@ class HookSet:
             mode, self._mode = self._mode, None
             mode.__exit__(None, None, None)
             self._global_module_hooks(False)
+            self._watch(self.depth == 0 and not force)
 
     def _global_module_hooks(self, on: bool) -> None:
         if not on:
@@ -255,6 +273,39 @@ class HookSet:
             self._global_handles.append(mm.register_module_forward_hook(self._on_module_post, always_call=True))
         except TypeError:  # PyTorch < 2.1: no always_call, depth may drift after an exception
             self._global_handles.append(mm.register_module_forward_hook(self._on_module_post))
+
+    # -- the watch (steps not sampled) ---------------------------------------------------------
+    def _watch(self, on: bool) -> None:
+        """Put the watch into PyTorch's global pre-hook table or take it out: a dict operation,
+        cheap enough for every top-level forward."""
+        key = self._watch_id
+        if key is None:
+            return
+        table = torch.nn.modules.module._global_forward_pre_hooks
+        if on:
+            table[key] = self._watch_pre
+        else:
+            table.pop(key, None)
+
+    def _on_watch_pre(self, module: torch.nn.Module, args: Any) -> None:
+        """A top-level module call on a step that is not sampled."""
+        if self._global_handles or self.depth or not self._ours():
+            return
+        self.callbacks += 1
+        self._watch(False)  # until this call returns: its inner module calls cost nothing
+        handles = self._roots.get(id(module))
+        if handles is not None and handles[1].id in module._forward_hooks:
+            self._watched = module  # its own pre-hook comes next: this call is counted here
+        else:  # new (or a dead root's id reused): its post-hook, added now, ends the call
+            self._roots.pop(id(module), None)
+            try:
+                self._adopt_root(module)
+            except Exception as exc:  # no post-hook to end the call: not watched
+                self._watch(True)
+                self.listener.warn(f"could not watch a {type(module).__name__} ({exc!r})")
+                return
+        self._call(self.listener.forward_start, module, args)
+        self.depth += 1
 
     # -- module calls --------------------------------------------------------------------------
     def _on_module_pre(self, module: torch.nn.Module, args: Any) -> None:
@@ -291,8 +342,12 @@ class HookSet:
         """A root module's own hook: the one module call seen on steps that are not sampled."""
         if self._global_handles or not self._ours():
             return  # the global hooks see this call
+        if self._watched is module:
+            self._watched = None
+            return  # the watch saw this call
         self.callbacks += 1
         if self.depth == 0:
+            self._watch(False)
             self._call(self.listener.forward_start, module, args)
         self.depth += 1
 
@@ -302,7 +357,11 @@ class HookSet:
         self.callbacks += 1
         self.depth -= 1
         if self.depth == 0:
-            self._call(self.listener.forward_end, module, output)
+            self._watched = None
+            try:
+                self._call(self.listener.forward_end, module, output)
+            finally:
+                self._watch(self._mode is None)
 
     # -- guards --------------------------------------------------------------------------------
     def _ours(self) -> bool:

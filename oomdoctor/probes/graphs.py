@@ -33,7 +33,11 @@ Unused graphs, per call: a root forward's call site with the user's lines that l
 alive when the session stops, with no backward through it, is unused. Event `unused-graph`, one
 per call: location (the forward's line, or where other calls back-propagate that line, the first
 line of this call's path they do not share: computed when published, as the other calls may be
-back-propagated only later), module, eval (the module was in eval mode at every call), forwards,
+back-propagated only later; for a submodule run through its model's own methods, such as an
+evaluation's `model.translate_lines(...)` reaching `self.emb_inp(inp)`, the innermost line past
+its own, up to the first outside the model's methods, that all such calls leaving the model there
+pass through and no back-propagated call does: computed when the session stops), module, eval
+(the module was in eval mode at every call), forwards,
 backwards, unused, line_backwards (backwards through forwards of the same line from other calls),
 module_backwards (backwards through any forward of the module objects this call ran: none for a
 target network or a frozen teacher), saved_bytes (what the call's first forward saved for backward).
@@ -71,6 +75,7 @@ MIN_OLD = 3  # old graphs alive from this many steps (or forwards): something ho
 MAX_ATTRIBUTIONS = 8
 MAX_PATH = 4  # user lines kept of an inner module call's path, outermost (the root's forward) first
 MAX_USES = 8  # module objects counted per call site
+MAX_OWNER_PATH = 8  # user lines kept of a call made through its owner's methods
 NODE_BYTES = 970  # host memory per retained autograd node after backward (measured, CPU, 2.13)
 
 
@@ -104,7 +109,7 @@ class _Site:
     """A call of a model by the user's code, with counts over the session."""
 
     __slots__ = ("chain", "location", "line", "module", "eval", "forwards", "backwards", "unused", "saved_bytes",
-                 "event", "pending", "attributed", "uses", "number")
+                 "event", "pending", "attributed", "uses", "number", "path")
 
     def __init__(self, chain: tuple, line: _Line, module: torch.nn.Module, number: int):
         self.chain = chain
@@ -122,6 +127,10 @@ class _Site:
         self.pending: list[_Forward] = []  # alive graphs no backward reached yet, oldest first
         self.attributed = 0  # len(pending) at the last attribution on the forward clock
         self.uses: list[_Use] = []  # the module objects called here
+        # The user's lines from the call out through the methods of the modules that own the
+        # called one, and the first line outside them (`_owner_path`): more than one line when a
+        # submodule is run through its model's own methods.
+        self.path: tuple = ()
 
 
 class _Inner:
@@ -217,9 +226,10 @@ class GraphProbe:
             for forward in list(self.alive.values()):  # alive at the end, nobody back-propagated
                 if not forward.backward and forward.site is not None:
                     forward.site.unused += 1
+        owner_calls = self._owner_calls()
         for site in self.sites.values():
             if site.unused:
-                self._publish_site(site)
+                self._publish_site(site, owner_calls.get(id(site)))
         self._publish_inner()
         for event in list(self.holders.values()):
             # Forward clock: confirmed only if no backward ever ran through the graphs nor through
@@ -256,6 +266,7 @@ class GraphProbe:
         site = self.sites.get(chain)
         if site is None:
             site = self.sites[chain] = _Site(chain, self.lines.setdefault(chain[0], _Line()), module, len(self.sites))
+            site.path = _owner_path(module)  # once per call
         site.forwards += 1
         site.eval = site.eval and not module.training
         forward = self._mark(nodes, _Forward(self.backwards, site), hook=True)
@@ -381,17 +392,46 @@ class GraphProbe:
         except Exception:  # called by the garbage collector anywhere: never raise
             pass
 
-    def _publish_site(self, site: _Site) -> None:
+    def _publish_site(self, site: _Site, owner_call: dict[str, Any] | None = None) -> None:
         # The location is computed again each time: the calls that share its line may be
         # back-propagated only after this call's first graph was freed (a DQN's online network
         # is back-propagated after its target network's graph died at the end of loss()).
-        location = _own_call(site)
+        location = owner_call or _own_call(site)
         if site.event is None:
             site.event = attribution.new_event(self.session.timeline, "unused-graph", location=location,
                                                module=site.module, call=site.number)
         site.event.update(location=location, eval=site.eval, forwards=site.forwards, backwards=site.backwards,
                           unused=site.unused, line_backwards=site.line.backwards - site.backwards,
                           module_backwards=sum(u.backwards for u in site.uses), saved_bytes=site.saved_bytes or 0)
+
+    def _owner_calls(self) -> dict[int, dict[str, Any]]:
+        """Where to report unused calls of submodules run through their model's own methods (an
+        evaluation's `model.translate_lines(...)` -> `self.encode` -> `self.emb_inp(...)`, a VAE's
+        `vae.decode(z)` -> `self.decoder(z)`), by id of the call: `no_grad` goes around the call
+        into the model, not around the model's own line (which training may run too, through
+        `model(...)`). Calls whose paths leave the model at one line are one group; each is
+        reported at the innermost line of its path, past its own module call, that every call of
+        the group passes through and no back-propagated call does (a root call's lines, or on
+        sampled steps an inner module call's lines up to its root's forward): `compute_bleu`'s
+        `model.translate_lines(...)`, where the encoder's and the decoder's calls meet; a
+        generation loop's `self.forward(...)` inside the model's `generate_text`. Once, at the
+        end: it looks at every call."""
+        groups: dict[tuple, list[_Site]] = {}
+        for site in self.sites.values():
+            if len(site.path) > 1 and site.unused and not site.backwards:
+                groups.setdefault(site.path[-1][:2], []).append(site)
+        if not groups:
+            return {}
+        used = {frame[:2] for other in self.sites.values() if other.backwards for frame in other.chain}
+        used.update(frame[:2] for inner in self.inner.values() if inner.backwards for frame in inner.path)
+        found = {}
+        for group in groups.values():
+            common = set.intersection(*({frame[:2] for frame in site.path[1:]} - used for site in group))
+            frame = next((f for f in group[0].path[1:] if f[:2] in common), None)
+            if frame is not None:
+                for site in group:
+                    found[id(site)] = _location(frame)
+        return found
 
     def _publish_inner(self) -> None:
         """One event per line where inner graphs of back-propagated root forwards went unused."""
@@ -556,6 +596,27 @@ def _first_user_frame() -> Any:
     while frame is not None and not attribution.is_user_file(frame.f_code.co_filename):
         frame = frame.f_back
     return frame
+
+
+def _owner_path(module: torch.nn.Module) -> tuple:
+    """The user's lines from a root module's call outward, innermost first, while each is a method
+    of a module that owns the called one (its `self` has it as a child, or is the owner of the
+    line before), and the first line that is not: `(decode_step, decode_inference,
+    translate_lines, compute_bleu)` for a decoder cell run by `model.translate_lines(...)`."""
+    frame: Any = sys._getframe(1)
+    path = []
+    owned = module
+    while frame is not None and len(path) < MAX_OWNER_PATH:
+        code = frame.f_code
+        if attribution.is_user_file(code.co_filename):
+            path.append((code.co_filename, frame.f_lineno, code.co_name))
+            owner = frame.f_locals.get("self") if code.co_argcount and code.co_varnames[0] == "self" else None
+            if not isinstance(owner, torch.nn.Module) or (
+                    owner is not owned and all(child is not owned for child in owner._modules.values())):
+                break
+            owned = owner
+        frame = frame.f_back
+    return tuple(path)
 
 
 def _inner_path(caller: Any) -> tuple:
