@@ -7,7 +7,13 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
+
+try:
+    import torch
+except ImportError:  # one line that says what to do, not a traceback per test file
+    raise pytest.UsageError(
+        f"PyTorch is not installed for {sys.executable}. Install the CPU build first, then the "
+        "project: pip install torch==2.13.0 && pip install -e '.[test]' (what .ci/run does).") from None
 import torch.nn.modules.module as module_hooks
 import torch.optim.optimizer as optimizer_hooks
 from torch.utils._python_dispatch import _get_current_dispatch_mode
