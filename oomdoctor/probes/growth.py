@@ -291,16 +291,13 @@ class GrowthProbe:
         values = [v for v in (attribution.resolve(locator) for locator in named.locators) if v is not None]
         if not values:
             return
-        storages = {}
-        for value in values:
-            for t in attribution.tensors_of(value):
-                storages.setdefault(_storage_id(t), _storage_bytes(t))
+        nbytes, count = attribution.held_bytes(*values)
         # A container's length too: one that stopped lengthening replaces its items (bounded). A
         # tensor's element count: one that keeps its elements while its bytes grow only views a
         # storage remade bigger elsewhere (`value = thresholds[i]` of a growing `torch.cat`).
         lengths = [t.numel() if isinstance(t, torch.Tensor) else _length(t) for t in values]
         length = None if any(n is None for n in lengths) else sum(lengths)
-        series.append([index, sum(storages.values()), len(storages), length])
+        series.append([index, nbytes, count, length])
         if len(series) >= KEEP:  # thin out: every other point, measure half as often
             series[:] = series[::2]
             named.every *= 2
@@ -354,13 +351,6 @@ def _length(value: Any) -> int | None:
         return len(value)
     except TypeError:
         return None
-
-
-def _storage_bytes(t: torch.Tensor) -> int:
-    try:
-        return t.untyped_storage().nbytes()
-    except Exception:
-        return 0
 
 
 def _storage_id(t: torch.Tensor) -> int:

@@ -359,7 +359,7 @@ def resolve(locator: tuple) -> Any:
     return value
 
 
-def held_bytes(value: Any) -> tuple[int, int]:
-    """(bytes, tensors) a tensor or container holds, each storage once."""
-    storages = {id(t.untyped_storage()): t.untyped_storage().nbytes() for t in tensors_of(value)}
+def held_bytes(*values: Any) -> tuple[int, int]:
+    """(bytes, tensors) tensors or containers hold together, each storage once."""
+    storages = {id(t.untyped_storage()): t.untyped_storage().nbytes() for value in values for t in tensors_of(value)}
     return sum(storages.values()), len(storages)
